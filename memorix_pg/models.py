@@ -1,0 +1,99 @@
+"""SQLAlchemy 2 models of the schema that the alembic migrations create.
+
+The migrations in ``migrations/`` own the schema; these classes describe it for queries.
+One ``memories`` table holds every collection. Its ``embedding`` column is an untyped
+``vector`` so collections may use embedders of different dimensions; each collection gets
+its own partial HNSW index over ``embedding::vector(dim)`` (see :mod:`memorix_pg.vector_index`),
+which keeps a small collection's search exact and a large one's fast.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    func,
+    text as sql_text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA = "memorix"
+DISTANCES = ("cosine", "l2", "ip")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class Collection(Base):
+    """A named set of memories sharing one embedder, dimension and distance."""
+
+    __tablename__ = "collections"
+    __table_args__ = (
+        CheckConstraint("distance IN ('cosine', 'l2', 'ip')", name="collections_distance_check"),
+        CheckConstraint("precision IN ('full', 'half')", name="collections_precision_check"),
+        CheckConstraint("dimension BETWEEN 1 AND 16000", name="collections_dimension_check"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True, nullable=False)
+    embedder: Mapped[str] = mapped_column(Text, nullable=False)
+    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
+    distance: Mapped[str] = mapped_column(Text, nullable=False, server_default="cosine")
+    precision: Mapped[str] = mapped_column(Text, nullable=False, server_default="full")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class MemoryRecord(Base):
+    """One stored memory: text, its embedding and a JSONB metadata document."""
+
+    __tablename__ = "memories"
+    __table_args__ = (
+        Index("memories_collection_created_idx", "collection_id", "created_at"),
+        Index("memories_collection_hash_idx", "collection_id", "content_hash"),
+        Index(
+            "memories_metadata_gin_idx",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False
+    )
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=False)
+    # ``metadata`` is reserved on declarative classes, so the attribute is ``metadata_``.
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=sql_text("'{}'::jsonb")
+    )
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+memories = MemoryRecord.__table__
+collections = Collection.__table__
+metadata_column = MemoryRecord.__table__.c.metadata

