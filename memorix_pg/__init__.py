@@ -1,0 +1,36 @@
+"""memorix-pg: a PostgreSQL + pgvector storage engine for AI memory."""
+
+from .api import VECTOR_STORES, MemoryAPI
+from .embedders import Embedder, HashEmbedder, SentenceTransformerEmbedder
+from .errors import (
+    CollectionNotFound,
+    ConfigurationError,
+    DatabaseUnavailable,
+    EmbedderMismatch,
+    FilterError,
+    InvalidInput,
+    MemorixError,
+    MemoryNotFound,
+    PgvectorMissing,
+)
+from .memory import Memory
+
+__all__ = [
+    "VECTOR_STORES",
+    "CollectionNotFound",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "Embedder",
+    "EmbedderMismatch",
+    "FilterError",
+    "HashEmbedder",
+    "InvalidInput",
+    "Memory",
+    "MemoryAPI",
+    "MemoryNotFound",
+    "MemorixError",
+    "PgvectorMissing",
+    "SentenceTransformerEmbedder",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,141 @@
+"""Checks on what callers send, before anything reaches the database.
+
+Each check raises :class:`~memorix_pg.errors.InvalidInput` naming what was wrong, so a bad
+item in a batch fails the whole call before a single row is written.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidInput
+
+__all__ = [
+    "MAX_COLLECTION_NAME",
+    "MAX_METADATA_DEPTH",
+    "MAX_TEXT_BYTES",
+    "check_collection_name",
+    "check_embedding",
+    "check_text",
+    "clean_metadata",
+    "parse_id",
+]
+
+# PostgreSQL stores up to 1 GB in a text value, but a memory is a message or a passage: 1 MiB
+# keeps a runaway document from bloating the table and the embedder's input (it truncates anyway).
+MAX_TEXT_BYTES = 1 << 20
+MAX_METADATA_DEPTH = 32
+MAX_COLLECTION_NAME = 512
+
+
+def check_text(text: object, where: str = "text") -> str:
+    """A non-empty ``str`` without NUL bytes (PostgreSQL text cannot hold ``\\x00``) up to 1 MiB."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where} must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInput(f"{where} is empty")
+    if "\x00" in text:
+        raise InvalidInput(f"{where} contains a NUL byte (\\x00), which PostgreSQL text cannot store")
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise InvalidInput(f"{where} is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where} contains a lone surrogate and is not valid UTF-8") from None
+    return text
+
+
+def _clean(value: Any, path: str, depth: int) -> Any:
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels at {path!r}")
+    if value is None or isinstance(value, bool | int | str):
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidInput(f"metadata value at {path!r} contains a NUL byte (\\x00)")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput(f"metadata value at {path!r} is {value}; JSON has no NaN or Infinity")
+        return value
+    if isinstance(value, np.generic):
+        return _clean(value.item(), path, depth)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput(f"metadata key {key!r} at {path!r} is not a str")
+            if "\x00" in key:
+                raise InvalidInput(f"metadata key at {path!r} contains a NUL byte (\\x00)")
+            out[key] = _clean(item, f"{path}.{key}" if path else key, depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_clean(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise InvalidInput(
+        f"metadata value at {path!r} is a {type(value).__name__}, which is not JSON "
+        "(use str, int, float, bool, None, list, dict, or datetime)"
+    )
+
+
+def clean_metadata(metadata: object, where: str = "metadata") -> dict[str, Any]:
+    """A JSON-ready copy of ``metadata``: datetimes become ISO strings, tuples lists."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(f"{where} must be a dict, got {type(metadata).__name__}")
+    cleaned = _clean(metadata, "", 0)
+    assert isinstance(cleaned, dict)
+    return cleaned
+
+
+def parse_id(value: object, where: str = "id") -> uuid.UUID:
+    """A memory id: a UUID or its string form."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidInput(f"{where} {value!r} is not a UUID (memory ids are UUIDs, e.g. {uuid.uuid4()})")
+
+
+def check_embedding(value: object, dim: int, where: str = "embedding") -> npt.NDArray[np.float32]:
+    """A finite float vector of exactly ``dim`` values."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{where} is not a sequence of numbers") from None
+    if array.ndim != 1:
+        raise InvalidInput(f"{where} must be one vector, got shape {array.shape}")
+    if array.shape[0] != dim:
+        raise InvalidInput(f"{where} has {array.shape[0]} dimensions; the collection uses {dim}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidInput(f"{where} contains NaN or Infinity")
+    return array
+
+
+def check_collection_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"collection_name must be a non-empty str, got {name!r}")
+    if "\x00" in name:
+        raise InvalidInput("collection_name contains a NUL byte (\\x00)")
+    if len(name) > MAX_COLLECTION_NAME:
+        raise InvalidInput(
+            f"collection_name is {len(name)} characters; the limit is {MAX_COLLECTION_NAME}"
+        )
+    return name
+
+
+def check_batch_lengths(texts: Sequence[Any], **others: Sequence[Any] | None) -> None:
+    for label, seq in others.items():
+        if seq is not None and len(seq) != len(texts):
+            raise InvalidInput(f"{label} has {len(seq)} items but texts has {len(texts)}")

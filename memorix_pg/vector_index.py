@@ -1,0 +1,122 @@
+"""Per-collection HNSW indexes and the distance expressions that use them.
+
+Collections differ in dimension, distance and precision, so the ``embedding`` column is an
+untyped ``vector`` and each collection gets a partial index
+``USING hnsw ((embedding::vector(dim)) <opclass>) WHERE collection_id = <id>``. A query uses
+it only when its ORDER BY expression is the same cast and its WHERE names the same
+collection id as a literal, which :func:`distance_expression` and :func:`collection_predicate`
+guarantee. A side effect we want: one collection's index never holds another's rows, so a
+small collection inside a large table loses no recall to filtering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pgvector.sqlalchemy import HALFVEC, Vector
+from psycopg import sql
+from sqlalchemy import ColumnElement, Float, bindparam, cast
+from sqlalchemy.engine import Connection
+
+from .models import SCHEMA, memories
+
+__all__ = [
+    "OPERATORS",
+    "CollectionInfo",
+    "collection_predicate",
+    "create_vector_index",
+    "distance_expression",
+    "drop_vector_index",
+    "index_name",
+    "score_from_distance",
+]
+
+# pgvector's HNSW supports up to 2,000 dimensions for vector and 4,000 for halfvec.
+MAX_FULL_INDEX_DIM = 2000
+
+OPERATORS = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
+_OPCLASS_SUFFIX = {"cosine": "cosine_ops", "l2": "l2_ops", "ip": "ip_ops"}
+
+_TYPE_SQL = {"vector": sql.SQL("vector"), "halfvec": sql.SQL("halfvec")}
+
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    embedder: str
+    dimension: int
+    distance: str
+    precision: str
+
+    @property
+    def index_type(self) -> str:
+        """``halfvec`` when asked for, or when the dimension is past HNSW's limit for ``vector``."""
+        return "halfvec" if self.precision == "half" or self.dimension > MAX_FULL_INDEX_DIM else "vector"
+
+
+def index_name(info: CollectionInfo) -> str:
+    return f"memories_embedding_hnsw_{info.id}"
+
+
+def _vector_type(info: CollectionInfo) -> Any:
+    return HALFVEC(info.dimension) if info.index_type == "halfvec" else Vector(info.dimension)
+
+
+def distance_expression(
+    info: CollectionInfo,
+    query: npt.NDArray[np.float32],
+    column: ColumnElement[Any] | None = None,
+) -> ColumnElement[float]:
+    """The distance from each row to ``query``, written exactly as the index expression."""
+    vector_type = _vector_type(info)
+    typed = cast(memories.c.embedding if column is None else column, vector_type)
+    param = cast(bindparam("query_vector", query, type_=vector_type), vector_type)
+    return typed.op(OPERATORS[info.distance], return_type=Float())(param)
+
+
+def collection_predicate(info: CollectionInfo) -> ColumnElement[bool]:
+    """``collection_id = <id>`` with the id rendered inline, so the partial index predicate is provable.
+
+    The id is an integer read from our own catalog, never caller input.
+    """
+    return memories.c.collection_id == bindparam("collection_id", int(info.id), literal_execute=True)
+
+
+def score_from_distance(distance: str, value: float) -> float:
+    """Cosine similarity for cosine; the inner product for ip; minus the distance for l2."""
+    if distance == "cosine":
+        return 1.0 - value
+    return -value
+
+
+def create_vector_index(conn: Connection, info: CollectionInfo) -> None:
+    """Build the collection's HNSW index (no-op when it exists)."""
+    kind = info.index_type
+    statement = sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw "
+        "(({column}::{kind}({dim})) {opclass}) WITH (m = {m}, ef_construction = {efc}) "
+        "WHERE collection_id = {cid}"
+    ).format(
+        name=sql.Identifier(index_name(info)),
+        table=sql.Identifier(SCHEMA, "memories"),
+        column=sql.Identifier("embedding"),
+        kind=_TYPE_SQL[kind],
+        dim=sql.Literal(int(info.dimension)),
+        opclass=sql.Identifier(f"{kind}_{_OPCLASS_SUFFIX[info.distance]}"),
+        m=sql.Literal(HNSW_M),
+        efc=sql.Literal(HNSW_EF_CONSTRUCTION),
+        cid=sql.Literal(int(info.id)),
+    )
+    conn.exec_driver_sql(statement.as_string(conn.connection.driver_connection))
+
+
+def drop_vector_index(conn: Connection, info: CollectionInfo) -> None:
+    statement = sql.SQL("DROP INDEX IF EXISTS {name}").format(name=sql.Identifier(SCHEMA, index_name(info)))
+    conn.exec_driver_sql(statement.as_string(conn.connection.driver_connection))
