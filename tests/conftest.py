@@ -48,3 +48,19 @@ def module_database_url(pg_server_url: str) -> str:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def make_api(database_url: str):  # type: ignore[no-untyped-def]
+    """Build MemoryAPI objects on a fresh database; the hash embedder unless told otherwise."""
+    from memorix_pg import MemoryAPI
+
+    def make(collection_name: str = "test", embedder: object = "hash", **kwargs: object) -> MemoryAPI:
+        return MemoryAPI(
+            embedder=embedder,  # type: ignore[arg-type]
+            collection_name=collection_name,
+            database_url=database_url,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    return make
