@@ -25,10 +25,10 @@ __all__ = [
     "FilterError",
     "HashEmbedder",
     "InvalidInput",
+    "MemorixError",
     "Memory",
     "MemoryAPI",
     "MemoryNotFound",
-    "MemorixError",
     "PgvectorMissing",
     "SentenceTransformerEmbedder",
 ]

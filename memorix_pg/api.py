@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 
+from .analytics import fold_groups, group_count_query
 from .catalog import ensure_collection
 from .database import check_pgvector, get_engine, resolve_database, unavailable
 from .embedders import Embedder, resolve_embedder
@@ -62,7 +63,8 @@ def _prepare_database(url: str, auto_migrate: bool) -> None:
             if not auto_migrate:
                 raise ConfigurationError(
                     "the memorix schema is not at the latest revision; run `memorix-pg migrate` "
-                    "(or `alembic upgrade head`) with a role that may create tables, or pass auto_migrate=True"
+                    "(or `alembic upgrade head`) with a role that may create tables, "
+                    "or pass auto_migrate=True"
                 )
             upgrade(url)
         _prepared.add(url)
@@ -235,9 +237,7 @@ class MemoryAPI:
                 )
         return [str(r) for r in row_ids]
 
-    def update(
-        self, id: str, text: str | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> Memory:
+    def update(self, id: str, text: str | None = None, metadata: Mapping[str, Any] | None = None) -> Memory:
         """Merge ``metadata`` into the stored metadata (a key set to None is removed) and,
         when ``text`` is given, replace the text and its embedding. Returns the updated memory."""
         row_id = parse_id(id)
@@ -278,7 +278,9 @@ class MemoryAPI:
     def delete_by_filter(self, filter: Mapping[str, Any]) -> int:
         """Delete every memory matching ``filter`` in one statement; ``{}`` deletes the whole collection."""
         if filter is None:
-            raise FilterError("delete_by_filter needs a filter; pass {} to delete every memory in the collection")
+            raise FilterError(
+                "delete_by_filter needs a filter; pass {} to delete every memory in the collection"
+            )
         where = self._where(filter)
         with self._transaction() as conn:
             result = conn.execute(sa.delete(memories).where(where))
@@ -299,7 +301,9 @@ class MemoryAPI:
         """How many memories match ``filter`` (all of the collection's without one): one COUNT."""
         where = self._where(filter)
         with self._transaction() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(memories).where(where)).scalar_one())
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(memories).where(where)).scalar_one()
+            )
 
     def retrieve(
         self,
@@ -352,7 +356,9 @@ class MemoryAPI:
         else:
             return self._newest(filter_clause, top_k), SearchPlan("recent", "empty query: newest first", None)
         with self._transaction() as conn:
-            rows, plan = search(conn, self._collection, filter_clause, vector, top_k, exact=exact, ef_search=ef_search)
+            rows, plan = search(
+                conn, self._collection, filter_clause, vector, top_k, exact=exact, ef_search=ef_search
+            )
         distance = self._collection.distance
         return [self._memory(r, score_from_distance(distance, float(r.distance))) for r in rows], plan
 
@@ -365,6 +371,18 @@ class MemoryAPI:
         )
         with self._transaction() as conn:
             return [self._memory(r) for r in conn.execute(stmt)]
+
+    def stats(self, group_by: str | None = None) -> dict[str, Any]:
+        """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key.
+
+        Memories without the key (or with a null) count under ``None``.
+        """
+        if group_by is None:
+            return {"total": self.count(), "groups": {}}
+        stmt = group_count_query(self._where(None), group_by)
+        with self._transaction() as conn:
+            groups = fold_groups(conn.execute(stmt))
+        return {"total": sum(groups.values()), "groups": groups}
 
     def __repr__(self) -> str:
         return f"MemoryAPI(collection_name={self.collection_name!r}, embedder={self.embedder.name!r})"

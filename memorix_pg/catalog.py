@@ -92,7 +92,10 @@ def ensure_collection(
             assert info is not None
             create_vector_index(conn, info)
     check_compatible(info, embedder_name, dimension)
-    for option, wanted, actual in (("distance", distance, info.distance), ("precision", precision, info.precision)):
+    for option, wanted, actual in (
+        ("distance", distance, info.distance),
+        ("precision", precision, info.precision),
+    ):
         if wanted is not None and wanted != actual:
             raise ConfigurationError(
                 f"collection {name!r} uses {option} {actual!r}; it is fixed when the collection is created "

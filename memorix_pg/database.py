@@ -106,7 +106,9 @@ def get_engine(url: str) -> Engine:
 
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     """The error raised when the server cannot be reached, naming the URL without its password."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    reason = (
+        str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    )
     return DatabaseUnavailable(
         f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}. "
         "Check that the server is running and reachable, and that the URL's host, port, user, "

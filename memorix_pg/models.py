@@ -26,6 +26,8 @@ from sqlalchemy import (
     MetaData,
     Text,
     func,
+)
+from sqlalchemy import (
     text as sql_text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID

@@ -57,7 +57,10 @@ def _exact(
     # A MATERIALIZED CTE keeps the planner from walking the HNSW index with the filter applied
     # late; the matching rows are found through the btree/GIN indexes and ranked exactly.
     candidates = (
-        sa.select(*_RESULT_COLUMNS, memories.c.embedding).where(where).cte("candidates").prefix_with("MATERIALIZED")
+        sa.select(*_RESULT_COLUMNS, memories.c.embedding)
+        .where(where)
+        .cte("candidates")
+        .prefix_with("MATERIALIZED")
     )
     distance = distance_expression(info, query, candidates.c.embedding)
     stmt = (

@@ -91,7 +91,7 @@ def _clean_stale_state(pgdata: Path) -> None:
 
     postmaster = _read_postmaster_pid(pgdata)
     if postmaster is not None and not _pid_alive(postmaster[0]):
-        pid, socket_dir, port = postmaster
+        _pid, socket_dir, port = postmaster
         with contextlib.suppress(OSError):
             (pgdata / "postmaster.pid").unlink()
         if socket_dir is not None and port is not None:

@@ -129,9 +129,7 @@ def check_collection_name(name: object) -> str:
     if "\x00" in name:
         raise InvalidInput("collection_name contains a NUL byte (\\x00)")
     if len(name) > MAX_COLLECTION_NAME:
-        raise InvalidInput(
-            f"collection_name is {len(name)} characters; the limit is {MAX_COLLECTION_NAME}"
-        )
+        raise InvalidInput(f"collection_name is {len(name)} characters; the limit is {MAX_COLLECTION_NAME}")
     return name
 
 

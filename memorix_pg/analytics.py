@@ -1,0 +1,43 @@
+"""Counts computed in SQL: one GROUP BY instead of fetching memories and counting in Python."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from .errors import InvalidInput
+from .models import memories
+
+__all__ = ["fold_groups", "group_count_query"]
+
+
+def group_count_query(where: sa.ColumnElement[bool], group_by: str) -> sa.Select[Any]:
+    """One GROUP BY over a metadata key (a dot path such as ``"source.kind"`` reaches inside)."""
+    if not isinstance(group_by, str) or not group_by:
+        raise InvalidInput(f"group_by must be a metadata key, got {group_by!r}")
+    key = memories.c.metadata.op("#>")(sa.cast(group_by.split("."), sa.ARRAY(sa.Text))).label("key")
+    return (
+        sa.select(key, sa.func.count().label("n"))
+        .where(where)
+        .group_by(key)
+        .order_by(sa.func.count().desc(), key)
+    )
+
+
+def _group_key(value: Any) -> Any:
+    """Lists and objects group under their JSON text (dict keys must be hashable)."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def fold_groups(rows: Iterable[Any]) -> dict[Any, int]:
+    """``{value: count}``, largest first. A missing key and a JSON null both count under None."""
+    groups: dict[Any, int] = {}
+    for row in rows:
+        group = _group_key(row.key)
+        groups[group] = groups.get(group, 0) + int(row.n)
+    return groups

@@ -1,0 +1,276 @@
+"""``memorix-pg``: a thin command-line layer over the library.
+
+Each command opens the database, calls one library function, and turns a library error
+into a one-line message and exit status 1 (no traceback for a user's mistake).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .errors import MemorixError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _clean_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MemorixError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _json_option(value: str | None, what: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{what} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+database_option = click.option(
+    "--database-url",
+    envvar="MEMORIX_DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL (default: $MEMORIX_DATABASE_URL, else the embedded server).",
+)
+collection_option = click.option(
+    "--collection", "-c", default="default", show_default=True, help="Collection name."
+)
+embedder_option = click.option(
+    "--embedder",
+    default="sentence-transformers",
+    show_default=True,
+    help="'sentence-transformers', 'sentence-transformers/<model>', or 'hash'.",
+)
+
+
+def _api(database_url: str | None, collection: str, embedder: str) -> Any:
+    from .api import MemoryAPI
+
+    return MemoryAPI(embedder=embedder, collection_name=collection, database_url=database_url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memorix-pg")
+def main() -> None:
+    """memorix-pg: AI memory on PostgreSQL + pgvector.
+
+    \b
+    Example:
+      memorix-pg demo
+    """
+
+
+@main.command()
+@click.option("--embedder", default="sentence-transformers", show_default=True, help="Embedder to use.")
+@click.option("--database-url", envvar="MEMORIX_DATABASE_URL", default=None, help="PostgreSQL URL.")
+@_clean_errors
+def demo(embedder: str, database_url: str | None) -> None:
+    """Store conversation, knowledge and episodic memories, search them, run retention,
+    archive and stats, and print what happened.
+
+    \b
+    Example:
+      memorix-pg demo
+    """
+    from .demo import run_demo
+
+    run_demo(embedder=embedder, database_url=database_url, echo=click.echo)
+
+
+@main.command()
+@database_option
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@_clean_errors
+def migrate(database_url: str | None, revision: str) -> None:
+    """Create or upgrade the memorix schema (alembic migrations shipped in the package).
+
+    \b
+    Example:
+      MEMORIX_DATABASE_URL=postgresql://user:pass@localhost:5432/memorix memorix-pg migrate
+    """
+    from . import migrate as migrations
+    from .database import check_pgvector, get_engine, redact_url, resolve_database
+
+    resolved = resolve_database(database_url)
+    check_pgvector(get_engine(resolved.url), resolved.url)
+    migrations.upgrade(resolved.url, revision)
+    at = migrations.current_revision(get_engine(resolved.url))
+    click.echo(f"{redact_url(resolved.url)} is at revision {at}")
+
+
+@main.group()
+def server() -> None:
+    """Manage the embedded PostgreSQL server (data in $MEMORIX_DATA_DIR).
+
+    \b
+    Example:
+      memorix-pg server start && psql "$(memorix-pg server url)"
+    """
+
+
+@server.command("start")
+@_clean_errors
+def server_start() -> None:
+    """Start the embedded server and keep it running after this command exits.
+
+    \b
+    Example:
+      memorix-pg server start
+    """
+    from .server import ensure_embedded_server
+
+    url = ensure_embedded_server(keep_running=True)
+    click.echo(url)
+
+
+@server.command("stop")
+@_clean_errors
+def server_stop() -> None:
+    """Stop the embedded server.
+
+    \b
+    Example:
+      memorix-pg server stop
+    """
+    from .server import stop_embedded_server
+
+    click.echo("stopped" if stop_embedded_server() else "not running")
+
+
+@server.command("status")
+def server_status() -> None:
+    """Say whether the embedded server runs, with its pid, data dir and URL.
+
+    \b
+    Example:
+      memorix-pg server status
+    """
+    from .server import embedded_server_status
+
+    status = embedded_server_status()
+    click.echo(f"data dir: {status.data_dir}")
+    if status.running:
+        click.echo(f"running:  yes (pid {status.pid}{', kept running' if status.keep_running else ''})")
+        click.echo(f"url:      {status.url}")
+    else:
+        click.echo("running:  no")
+
+
+@server.command("url")
+@_clean_errors
+def server_url() -> None:
+    """Print the embedded server's URL (starting it if needed) for psql or SQLAlchemy.
+
+    \b
+    Example:
+      psql "$(memorix-pg server url)"
+    """
+    from .server import embedded_server_status, ensure_embedded_server
+
+    status = embedded_server_status()
+    click.echo(status.url if status.running and status.url else ensure_embedded_server(keep_running=True))
+
+
+@main.command()
+@click.argument("text")
+@click.option("--metadata", "-m", default=None, help="Metadata as a JSON object.")
+@click.option("--id", "memory_id", default=None, help="Memory id (UUID); replaces an existing one.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def store(
+    text: str,
+    metadata: str | None,
+    memory_id: str | None,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Store one memory and print its id.
+
+    \b
+    Example:
+      memorix-pg store "User prefers dark mode" -m '{"type": "preference", "user_id": "u1"}'
+    """
+    api = _api(database_url, collection, embedder)
+    click.echo(api.store(text, metadata=_json_option(metadata, "--metadata"), id=memory_id))
+
+
+@main.command()
+@click.argument("query")
+@click.option("--filter", "-f", "filter_json", default=None, help="Mongo-style filter as JSON.")
+@click.option("--top-k", "-k", default=5, show_default=True, help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def search(
+    query: str,
+    filter_json: str | None,
+    top_k: int,
+    as_json: bool,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Print the memories most similar to QUERY (an empty QUERY lists the newest).
+
+    \b
+    Example:
+      memorix-pg search "what does the user like?" --filter '{"type": "preference"}' --top-k 3
+    """
+    api = _api(database_url, collection, embedder)
+    results = api.retrieve(query, top_k=top_k, filter=_json_option(filter_json, "--filter"))
+    for memory in results:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"id": memory.id, "score": memory.score, "text": memory.text, "metadata": memory.metadata}
+                )
+            )
+        else:
+            score = f"{memory.score:.3f}" if memory.score is not None else "  -  "
+            click.echo(f"{score}  {memory.text}  {json.dumps(memory.metadata)}")
+    if not results and not as_json:
+        click.echo("(no memories match)", err=True)
+
+
+@main.command()
+@click.option("--group-by", default="type", show_default=True, help="Metadata key to count by.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def stats(group_by: str, database_url: str | None, collection: str, embedder: str) -> None:
+    """Count a collection's memories, grouped by a metadata key.
+
+    \b
+    Example:
+      memorix-pg stats --collection conversation_u1 --group-by role
+    """
+    api = _api(database_url, collection, embedder)
+    result = api.stats(group_by)
+    click.echo(f"collection {collection!r}: {result['total']} memories")
+    width = max([len(str(k)) for k in result["groups"]] + [len(group_by)])
+    click.echo(f"{group_by:<{width}}  count")
+    for key, count in result["groups"].items():
+        click.echo(f"{key!s:<{width}}  {count}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
