@@ -69,6 +69,7 @@ class MemoryRecord(Base):
     __table_args__ = (
         Index("memories_collection_created_idx", "collection_id", "created_at"),
         Index("memories_collection_hash_idx", "collection_id", "content_hash"),
+        Index("memories_expires_at_idx", "expires_at", postgresql_where=sql_text("expires_at IS NOT NULL")),
         Index(
             "memories_metadata_gin_idx",
             "metadata",
@@ -94,6 +95,8 @@ class MemoryRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Set from a TTL; an expired memory is never returned or counted, and purge_expired() deletes it.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 memories = MemoryRecord.__table__

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.engine import Connection
 
 from .models import memories
-from .vector_index import CollectionInfo, collection_predicate, distance_expression
+from .vector_index import CollectionInfo, distance_expression
 
 __all__ = ["EXACT_LIMIT", "SearchPlan", "search"]
 
@@ -93,15 +93,18 @@ def _hnsw(
 def search(
     conn: Connection,
     info: CollectionInfo,
-    filter_clause: ColumnElement[bool],
+    where: ColumnElement[bool],
     query: npt.NDArray[np.float32],
     k: int,
     *,
     exact: bool | None = None,
     ef_search: int | None = None,
 ) -> tuple[list[sa.Row[Any]], SearchPlan]:
-    """The ``k`` rows nearest to ``query`` among the collection's rows matching the filter."""
-    where = sa.and_(collection_predicate(info), filter_clause)
+    """The ``k`` rows nearest to ``query`` among the rows matching ``where``.
+
+    ``where`` must include the collection predicate (with the id inline) for the
+    collection's partial HNSW index to be usable.
+    """
     ef = max(MIN_EF_SEARCH, 2 * k, ef_search or 0)
     if exact is True:
         return _exact(conn, info, where, query, k), SearchPlan("exact", "forced by exact=True", None)

@@ -26,12 +26,14 @@ from .models import SCHEMA, memories
 __all__ = [
     "OPERATORS",
     "CollectionInfo",
+    "collection_literal",
     "collection_predicate",
     "create_vector_index",
     "distance_expression",
     "drop_vector_index",
     "index_name",
     "score_from_distance",
+    "typed_embedding",
 ]
 
 # pgvector's HNSW supports up to 2,000 dimensions for vector and 4,000 for halfvec.
@@ -69,6 +71,16 @@ def _vector_type(info: CollectionInfo) -> Any:
     return HALFVEC(info.dimension) if info.index_type == "halfvec" else Vector(info.dimension)
 
 
+def typed_embedding(info: CollectionInfo, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``column::vector(dim)`` (or halfvec): the expression the collection's index is built on."""
+    return cast(column, _vector_type(info))
+
+
+def collection_literal(info: CollectionInfo) -> ColumnElement[int]:
+    """The collection id as an inline literal (see :func:`collection_predicate`)."""
+    return bindparam("collection_literal", int(info.id), literal_execute=True, unique=True)
+
+
 def distance_expression(
     info: CollectionInfo,
     query: npt.NDArray[np.float32],
@@ -76,7 +88,7 @@ def distance_expression(
 ) -> ColumnElement[float]:
     """The distance from each row to ``query``, written exactly as the index expression."""
     vector_type = _vector_type(info)
-    typed = cast(memories.c.embedding if column is None else column, vector_type)
+    typed = typed_embedding(info, memories.c.embedding if column is None else column)
     param = cast(bindparam("query_vector", query, type_=vector_type), vector_type)
     return typed.op(OPERATORS[info.distance], return_type=Float())(param)
 
@@ -86,7 +98,7 @@ def collection_predicate(info: CollectionInfo) -> ColumnElement[bool]:
 
     The id is an integer read from our own catalog, never caller input.
     """
-    return memories.c.collection_id == bindparam("collection_id", int(info.id), literal_execute=True)
+    return memories.c.collection_id == collection_literal(info)
 
 
 def score_from_distance(distance: str, value: float) -> float:
