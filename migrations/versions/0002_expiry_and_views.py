@@ -49,7 +49,9 @@ GROUP BY 1, 2, 3
 
 
 def upgrade() -> None:
-    op.add_column("memories", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True), schema=SCHEMA)
+    op.add_column(
+        "memories", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True), schema=SCHEMA
+    )
     op.create_index(
         "memories_expires_at_idx",
         "memories",
