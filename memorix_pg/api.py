@@ -47,6 +47,7 @@ from .validation import (
     check_collection_name,
     check_embedding,
     check_text,
+    check_timestamp,
     clean_metadata,
     parse_id,
 )
@@ -284,16 +285,21 @@ class MemoryAPI:
         ttl: timedelta | None = None,
         dedupe: bool | None = None,
         progress: bool = False,
+        created_at: Sequence[datetime] | None = None,
     ) -> list[str]:
         """Store many memories in one transaction: all of them, or none if any is invalid.
 
         Large batches are written with binary COPY; a load that dwarfs the collection builds
         its HNSW index once afterwards instead of row by row. Given ``ids`` are upserted, so a
-        re-run import neither loses nor duplicates anything.
+        re-run import neither loses nor duplicates anything. ``created_at`` keeps the original
+        times of imported memories (default: now).
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise InvalidInput("texts must be a list of str")
-        check_batch_lengths(texts, metadatas=metadatas, ids=ids, embeddings=embeddings)
+        check_batch_lengths(texts, metadatas=metadatas, ids=ids, embeddings=embeddings, created_at=created_at)
+        times = (
+            [check_timestamp(t, f"created_at[{i}]") for i, t in enumerate(created_at)] if created_at else None
+        )
         expires_at = _expiry(ttl)
         if not texts:
             return []
@@ -337,6 +343,7 @@ class MemoryAPI:
                     vectors=vectors,
                     metadatas=[clean_metas[i] for i in keep],
                     hashes=[hashes[i] for i in keep],
+                    created_at=[times[i] for i in keep] if times else None,
                 )
                 with self._deferred_index(conn, len(rows)):
                     write_memories(

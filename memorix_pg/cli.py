@@ -10,6 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
@@ -270,6 +271,172 @@ def stats(group_by: str, database_url: str | None, collection: str, embedder: st
     click.echo(f"{group_by:<{width}}  count")
     for key, count in result["groups"].items():
         click.echo(f"{key!s:<{width}}  {count}")
+
+
+def _duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``15m``, ``90s`` or ``2w``."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    value, unit = text[:-1], text[-1:]
+    if unit not in units or not value.isdigit() or int(value) <= 0:
+        raise click.BadParameter(f"{text!r} is not a positive number followed by s, m, h, d or w (e.g. 30d)")
+    return timedelta(**{units[unit]: int(value)})
+
+
+@main.command()
+@click.option("--older-than", required=True, help="Age, e.g. 30d, 12h, 2w.")
+@click.option("--filter", "-f", "filter_json", default=None, help="Only memories matching this JSON filter.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def cleanup(
+    older_than: str,
+    filter_json: str | None,
+    dry_run: bool,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Delete memories stored longer ago than --older-than (one DELETE).
+
+    \b
+    Example:
+      memorix-pg cleanup --older-than 30d --filter '{"type": "conversation"}' --dry-run
+    """
+    age = _duration(older_than)
+    api = _api(database_url, collection, embedder)
+    flt = _json_option(filter_json, "--filter")
+    if dry_run:
+        click.echo(f"would delete {api.count_older_than(age, flt)} memories older than {older_than}")
+    else:
+        click.echo(f"deleted {api.cleanup(age, flt)} memories older than {older_than}")
+
+
+@main.command("purge-expired")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def purge_expired(database_url: str | None, collection: str, embedder: str) -> None:
+    """Delete memories whose TTL has passed.
+
+    \b
+    Example:
+      memorix-pg purge-expired --collection sessions
+    """
+    api = _api(database_url, collection, embedder)
+    click.echo(f"deleted {api.purge_expired()} expired memories")
+
+
+@main.command()
+@click.option("--filter", "-f", "filter_json", required=True, help="Which memories to move (JSON).")
+@click.option("--to", "target", required=True, help="Archive collection (created when absent).")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def archive(filter_json: str, target: str, database_url: str | None, collection: str, embedder: str) -> None:
+    """Move matching memories to another collection in one statement, embeddings kept.
+
+    \b
+    Example:
+      memorix-pg archive --filter '{"timestamp": {"$lt": "2026-01-01"}}' --to archive_2025
+    """
+    api = _api(database_url, collection, embedder)
+    moved = api.archive(_json_option(filter_json, "--filter"), to=target)
+    click.echo(f"moved {moved} memories from {collection!r} to {target!r}")
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def import_command(
+    path: str, no_progress: bool, database_url: str | None, collection: str, embedder: str
+) -> None:
+    """Store the memories of a JSONL file (text, metadata, optional id, embedding, created_at).
+
+    Lines with ids are upserted, so re-running an interrupted import is safe.
+
+    \b
+    Example:
+      memorix-pg import memories.jsonl --collection notes
+    """
+    from .transfer import import_jsonl
+
+    api = _api(database_url, collection, embedder)
+    click.echo(f"imported {import_jsonl(api, path, progress=not no_progress)} memories into {collection!r}")
+
+
+@main.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    show_default=True,
+    help="File to write ('-' for standard output).",
+)
+@click.option("--filter", "-f", "filter_json", default=None, help="Only memories matching this JSON filter.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def export(
+    output: str, filter_json: str | None, database_url: str | None, collection: str, embedder: str
+) -> None:
+    """Write a collection's memories as JSONL, embeddings included (import reads it back exactly).
+
+    \b
+    Example:
+      memorix-pg export --collection notes -o notes.jsonl
+    """
+    from .transfer import export_jsonl
+
+    api = _api(database_url, collection, embedder)
+    flt = _json_option(filter_json, "--filter")
+    with click.open_file(output, "w", encoding="utf-8") as out:
+        count = export_jsonl(api, out, flt, progress=output != "-")
+    click.echo(f"exported {count} memories from {collection!r}", err=True)
+
+
+@main.command("import-chroma")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--collection", "-c", default=None, help="Chroma collection to copy (default: all).")
+@click.option("--to", "target", default=None, help="memorix collection to copy into (default: same name).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@database_option
+@embedder_option
+@_clean_errors
+def import_chroma_command(
+    path: str,
+    collection: str | None,
+    target: str | None,
+    no_progress: bool,
+    database_url: str | None,
+    embedder: str,
+) -> None:
+    """Copy a Chroma persistent store: ids, documents, metadatas and embeddings (no re-embedding).
+
+    \b
+    Example:
+      memorix-pg import-chroma ./chroma_db --collection knowledge
+    """
+    from .transfer import import_chroma
+
+    for result in import_chroma(
+        path, collection, target, database_url=database_url, embedder=embedder, progress=not no_progress
+    ):
+        extra = (
+            f" ({result.skipped_without_document} without a document skipped)"
+            if result.skipped_without_document
+            else ""
+        )
+        click.echo(f"{result.source} -> {result.target}: {result.imported} memories{extra}")
 
 
 if __name__ == "__main__":  # pragma: no cover

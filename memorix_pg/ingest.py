@@ -41,6 +41,8 @@ class MemoryRows:
     vectors: npt.NDArray[np.float32]
     metadatas: list[dict[str, Any]]
     hashes: list[bytes]
+    # When given (an import), kept as is; otherwise the server's clock stamps each row.
+    created_at: list[datetime] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,8 +66,13 @@ def _insert_rows(conn: Connection, collection_id: int, rows: MemoryRows, expires
             rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, strict=True
         )
     ]
-    # clock_timestamp(), not now(): rows of one batch get distinct, increasing times.
-    stmt = pg_insert(memories).values(created_at=sa.func.clock_timestamp())
+    if rows.created_at is not None:
+        for value, created in zip(values, rows.created_at, strict=True):
+            value["created_at"] = created
+        stmt = pg_insert(memories)
+    else:
+        # clock_timestamp(), not now(): rows of one batch get distinct, increasing times.
+        stmt = pg_insert(memories).values(created_at=sa.func.clock_timestamp())
     stmt = stmt.on_conflict_do_update(
         index_elements=[memories.c.id],
         set_={**{c: stmt.excluded[c] for c in _UPSERT_SET}, "updated_at": sa.func.now()},
@@ -74,8 +81,17 @@ def _insert_rows(conn: Connection, collection_id: int, rows: MemoryRows, expires
     return len(conn.execute(stmt, values).fetchall())
 
 
-_COPY_COLUMNS = ("id", "collection_id", "text", "embedding", "metadata", "content_hash", "expires_at")
-_COPY_TYPES = ["uuid", "int8", "text", "vector", "jsonb", "bytea", "timestamptz"]
+_COPY_COLUMNS = (
+    "id",
+    "collection_id",
+    "text",
+    "embedding",
+    "metadata",
+    "content_hash",
+    "expires_at",
+    "created_at",
+)
+_COPY_TYPES = ["uuid", "int8", "text", "vector", "jsonb", "bytea", "timestamptz", "timestamptz"]
 
 
 def _copy_rows(
@@ -87,35 +103,37 @@ def _copy_rows(
     # Register the vector type on this cursor only, so other queries keep SQLAlchemy's adapters.
     info = TypeInfo.fetch(raw, "vector")
     register_vector_info(cursor, info)
+    # Without given times the created_at column is left out so the server default stamps it.
+    columns = _COPY_COLUMNS if rows.created_at is not None else _COPY_COLUMNS[:-1]
+    column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     target = sql.Identifier(SCHEMA, "memories")
     if upsert:
         target = sql.Identifier("memorix_ingest")
         cursor.execute(
             sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-                target,
-                sql.SQL(", ").join(sql.Identifier(c) for c in _COPY_COLUMNS),
-                sql.Identifier(SCHEMA, "memories"),
+                target, column_list, sql.Identifier(SCHEMA, "memories")
             )
         )
-    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        target, sql.SQL(", ").join(sql.Identifier(c) for c in _COPY_COLUMNS)
-    )
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, column_list)
+    created = rows.created_at if rows.created_at is not None else [None] * len(rows)
     with cursor.copy(copy_sql) as copy:
-        copy.set_types(_COPY_TYPES)
-        for row_id, text, vector, meta, digest in zip(
-            rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, strict=True
+        copy.set_types(_COPY_TYPES[: len(columns)])
+        for row_id, text, vector, meta, digest, created_at in zip(
+            rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, created, strict=True
         ):
-            copy.write_row((row_id, collection_id, text, vector, Jsonb(meta), digest, expires_at))
+            row = (row_id, collection_id, text, vector, Jsonb(meta), digest, expires_at, created_at)
+            copy.write_row(row[: len(columns)])
     if not upsert:
         return len(rows)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in _COPY_COLUMNS)
     updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in _UPSERT_SET)
     cursor.execute(
         sql.SQL(
             "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "
             "ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now() "
             "WHERE {table}.collection_id = EXCLUDED.collection_id"
-        ).format(table=sql.Identifier(SCHEMA, "memories"), columns=columns, staging=target, updates=updates)
+        ).format(
+            table=sql.Identifier(SCHEMA, "memories"), columns=column_list, staging=target, updates=updates
+        )
     )
     written = cursor.rowcount
     cursor.execute(sql.SQL("DROP TABLE {}").format(target))

@@ -24,6 +24,7 @@ __all__ = [
     "check_collection_name",
     "check_embedding",
     "check_text",
+    "check_timestamp",
     "clean_metadata",
     "parse_id",
 ]
@@ -121,6 +122,20 @@ def check_embedding(value: object, dim: int, where: str = "embedding") -> npt.ND
     if not np.all(np.isfinite(array)):
         raise InvalidInput(f"{where} contains NaN or Infinity")
     return array
+
+
+def check_timestamp(value: object, where: str) -> datetime:
+    """A timezone-aware datetime (or an ISO 8601 string of one)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(f"{where} {value!r} is not an ISO 8601 timestamp") from None
+    if not isinstance(value, datetime):
+        raise InvalidInput(f"{where} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise InvalidInput(f"{where} has no time zone; give an aware datetime (e.g. with tzinfo=UTC)")
+    return value
 
 
 def check_collection_name(name: object) -> str:

@@ -1,0 +1,236 @@
+"""Moving memories in and out: JSONL export/import and copying a Chroma persistent store.
+
+JSONL lines are ``{"id", "text", "metadata", "embedding", "created_at", "expires_at"}``;
+on import only ``text`` is required. Embeddings are written as exact decimal floats, so an
+export → import round trip restores every vector bit for bit. Imports write in chunks, each
+one transaction, and upsert by id: re-running an interrupted import loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from .errors import ConfigurationError, InvalidInput
+from .models import memories
+
+if TYPE_CHECKING:
+    from .api import MemoryAPI
+
+__all__ = ["ImportedCollection", "export_jsonl", "import_chroma", "import_jsonl"]
+
+CHUNK = 2000
+# Chroma ids are free-form strings; memorix ids are UUIDs derived from them (and the original kept).
+CHROMA_NAMESPACE = uuid.UUID("6f1c2b1e-8a53-4c7e-9f0a-3f1c5d7e9b21")
+
+
+def export_jsonl(
+    api: MemoryAPI, out: IO[str], filter: dict[str, Any] | None = None, progress: bool = False
+) -> int:
+    """Write the collection's live memories (matching ``filter``), oldest first, one JSON object a line."""
+    stmt = (
+        sa.select(
+            memories.c.id,
+            memories.c.text,
+            memories.c.metadata,
+            memories.c.embedding,
+            memories.c.created_at,
+            memories.c.expires_at,
+        )
+        .where(api._where(filter))
+        .order_by(memories.c.created_at, memories.c.id)
+    )
+    bar = _progress(progress, "exporting", api.count(filter))
+    written = 0
+    with api._transaction() as conn:
+        for row in conn.execution_options(yield_per=CHUNK).execute(stmt):
+            record = {
+                "id": str(row.id),
+                "text": row.text,
+                "metadata": row.metadata,
+                "embedding": [float(x) for x in np.asarray(row.embedding, dtype=np.float32)],
+                "created_at": row.created_at.isoformat(),
+                "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+            }
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return written
+
+
+@dataclass(frozen=True)
+class _Line:
+    text: str
+    metadata: dict[str, Any] | None
+    id: str | None
+    embedding: list[float] | None
+    created_at: str | None
+
+
+def _parse_lines(path: Path) -> list[_Line]:
+    """Read and check every line first, so a bad line fails the import before anything is written."""
+    lines: list[_Line] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise InvalidInput(f"{path}:{number}: each line must be an object with a 'text' string")
+            unknown = set(record) - {"id", "text", "metadata", "embedding", "created_at", "expires_at"}
+            if unknown:
+                raise InvalidInput(f"{path}:{number}: unknown field(s) {sorted(unknown)}")
+            lines.append(
+                _Line(
+                    text=record["text"],
+                    metadata=record.get("metadata"),
+                    id=record.get("id"),
+                    embedding=record.get("embedding"),
+                    created_at=record.get("created_at"),
+                )
+            )
+    return lines
+
+
+def _chunks(items: list[_Line], size: int) -> Iterator[list[_Line]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def import_jsonl(api: MemoryAPI, path: str | Path, progress: bool = False) -> int:
+    """Store every line of a JSONL file; lines with ids are upserted. Returns the lines stored."""
+    source = Path(path)
+    if not source.is_file():
+        raise InvalidInput(f"no such file: {source}")
+    lines = _parse_lines(source)
+    bar = _progress(progress, "importing", len(lines))
+    stored = 0
+    for chunk in _chunks(lines, CHUNK):
+        with_embeddings = [line.embedding is not None for line in chunk]
+        if any(with_embeddings) and not all(with_embeddings):
+            # One store_batch takes embeddings for all items or none: split the chunk.
+            parts = [
+                [ln for ln in chunk if ln.embedding is not None],
+                [ln for ln in chunk if ln.embedding is None],
+            ]
+        else:
+            parts = [chunk]
+        for part in parts:
+            if part:
+                stored += _store_lines(api, part)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return stored
+
+
+def _store_lines(api: MemoryAPI, part: list[_Line]) -> int:
+    ids = [ln.id for ln in part]
+    given_ids = all(i is not None for i in ids)
+    times = [ln.created_at for ln in part]
+    api.store_batch(
+        [ln.text for ln in part],
+        [ln.metadata for ln in part],
+        ids=[i for i in ids if i is not None] if given_ids else None,
+        embeddings=[ln.embedding for ln in part] if part[0].embedding is not None else None,
+        created_at=[t for t in times if t is not None] if all(t is not None for t in times) else None,
+    )
+    return len(part)
+
+
+@dataclass(frozen=True)
+class ImportedCollection:
+    source: str
+    target: str
+    imported: int
+    skipped_without_document: int
+
+
+def import_chroma(
+    path: str | Path,
+    collection: str | None = None,
+    to: str | None = None,
+    *,
+    database_url: str | None = None,
+    embedder: str = "sentence-transformers",
+    progress: bool = False,
+) -> list[ImportedCollection]:
+    """Copy a Chroma persistent store (ids, documents, metadatas, embeddings; no re-embedding).
+
+    ``collection`` picks one Chroma collection (default: all); ``to`` names the target
+    (default: the same name). Chroma ids become UUIDs (uuid5 of collection/id when they are
+    not UUIDs already) and the original is kept in metadata as ``chroma_id``.
+    """
+    try:
+        import chromadb
+    except ImportError:
+        raise ConfigurationError("import-chroma needs chromadb: pip install 'memorix-pg[chroma]'") from None
+    from .api import MemoryAPI
+
+    store = Path(path)
+    if not store.is_dir():
+        raise InvalidInput(f"no Chroma store at {store}")
+    client = chromadb.PersistentClient(path=str(store))
+    names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+    if collection is not None:
+        if collection not in names:
+            raise InvalidInput(f"Chroma store {store} has no collection {collection!r} (it has {names})")
+        names = [collection]
+    if to is not None and len(names) != 1:
+        raise InvalidInput("--to needs a single source collection (name it with --collection)")
+    results = []
+    for name in names:
+        source = client.get_collection(name)
+        target = MemoryAPI(embedder=embedder, collection_name=to or name, database_url=database_url)
+        total = source.count()
+        bar = _progress(progress, f"importing {name}", total)
+        imported = skipped = 0
+        for offset in range(0, total, CHUNK):
+            page = source.get(include=["documents", "metadatas", "embeddings"], limit=CHUNK, offset=offset)
+            keep = [
+                i for i, doc in enumerate(page["documents"] or []) if isinstance(doc, str) and doc.strip()
+            ]
+            skipped += len(page["ids"]) - len(keep)
+            if keep:
+                target.store_batch(
+                    [page["documents"][i] for i in keep],
+                    [{**(page["metadatas"][i] or {}), "chroma_id": page["ids"][i]} for i in keep],
+                    ids=[_chroma_uuid(name, page["ids"][i]) for i in keep],
+                    embeddings=np.asarray(page["embeddings"], dtype=np.float32)[keep],
+                )
+                imported += len(keep)
+            if bar is not None:
+                bar.update(len(page["ids"]))
+        if bar is not None:
+            bar.close()
+        results.append(ImportedCollection(name, to or name, imported, skipped))
+    return results
+
+
+def _chroma_uuid(collection: str, chroma_id: str) -> str:
+    try:
+        return str(uuid.UUID(chroma_id))
+    except ValueError:
+        return str(uuid.uuid5(CHROMA_NAMESPACE, f"{collection}/{chroma_id}"))
+
+
+def _progress(enabled: bool, desc: str, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="memory")
