@@ -619,7 +619,11 @@ class MemoryAPI:
         # Summaries are not compressed again.
         where = sa.and_(
             self._where(filter),
-            sa.not_(memories.c.metadata.op("@>")(sa.cast({"compressed": True}, memories.c.metadata.type))),
+            sa.not_(
+                memories.c.metadata.op("@>", is_comparison=True)(
+                    sa.cast({"compressed": True}, memories.c.metadata.type)
+                )
+            ),
         )
         with self._transaction() as conn:
             windows = list(conn.execute(window_query(where, size, min_group)))

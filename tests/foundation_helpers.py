@@ -79,10 +79,10 @@ def run_python(
     return result
 
 
-def spawn_python(code: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``code`` in a fresh interpreter, stdout piped (line-buffered text)."""
+def spawn_python(code: str, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``code`` (``sys.argv[1:]`` = ``args``) in a fresh interpreter, stdout and stderr piped."""
     return subprocess.Popen(
-        [sys.executable, "-u", "-c", textwrap.dedent(code)],
+        [sys.executable, "-u", "-c", textwrap.dedent(code), *args],
         env=dict(env) if env is not None else None,
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
