@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,10 +23,10 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from .analytics import fold_groups, group_count_query
 from .cache import CacheInfo, EmbeddingCache
 from .catalog import check_compatible, ensure_collection
-from .database import check_pgvector, get_engine, resolve_database, unavailable
+from .database import check_pgvector, get_engine, lost_connection, resolve_database, unavailable
 from .embedders import Embedder, resolve_embedder
 from .errors import ConfigurationError, FilterError, InvalidInput, MemoryNotFound
-from .filters import compile_filter
+from .filters import compile_filter, index_expression
 from .ingest import MemoryRows, write_memories
 from .lifecycle import (
     CompressionReport,
@@ -52,10 +52,13 @@ from .validation import (
     parse_id,
 )
 from .vector_index import (
+    CollectionInfo,
     collection_literal,
     collection_predicate,
-    create_vector_index,
+    create_expression_index,
     drop_vector_index,
+    metadata_index_name,
+    rebuild_vector_index_concurrently,
     score_from_distance,
     typed_embedding,
 )
@@ -69,6 +72,7 @@ EMBED_BATCH = 128
 # collection's HNSW index and builds it once at the end (see MemoryAPI._deferred_index).
 DEFER_INDEX_MIN_ROWS = 5_000
 BULK_MAINTENANCE_MEM = "1GB"
+INDEX_LOCK_SPACE = 0x6D656D  # first key of the advisory locks guarding a collection's index
 
 _prepared: set[str] = set()
 _prepared_lock = threading.Lock()
@@ -96,6 +100,12 @@ def _prepare_database(url: str, auto_migrate: bool) -> None:
         _prepared.add(url)
 
 
+def forget_database(url: str) -> None:
+    """Check and migrate ``url`` again on next use (after it was dropped and recreated)."""
+    with _prepared_lock:
+        _prepared.discard(url)
+
+
 def _content_hash(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
@@ -117,6 +127,12 @@ def _first_new_positions(hashes: list[bytes], existing: dict[bytes, uuid.UUID]) 
             keep.append(i)
         seen.add(digest)
     return keep
+
+
+def _bounded_count(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> int:
+    """``min(count, limit)``: stops reading once ``limit`` rows matched."""
+    inner = sa.select(sa.literal(1)).select_from(memories).where(where).limit(limit).subquery()
+    return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
 
 
 def _positive_timedelta(value: object, name: str) -> timedelta:
@@ -188,15 +204,12 @@ class MemoryAPI:
         """Turn a lost server into DatabaseUnavailable and a bad regex into FilterError."""
         try:
             yield
-        except (OperationalError, InterfaceError) as exc:
-            raise unavailable(self._url, exc) from None
         except DataError as exc:
-            code = getattr(exc.orig, "sqlstate", None)
-            if code == "2201B":  # invalid_regular_expression
+            if getattr(exc.orig, "sqlstate", None) == "2201B":  # invalid_regular_expression
                 raise FilterError(f"invalid $regex: {str(exc.orig).splitlines()[0]}") from None
             raise
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            if lost_connection(exc):
                 raise unavailable(self._url, exc) from None
             raise
 
@@ -221,11 +234,11 @@ class MemoryAPI:
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         step = EMBED_BATCH
-        batches = range(0, len(texts), step)
+        batches: Iterable[int] = range(0, len(texts), step)
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="embedding", unit="batch", total=len(batches))
+            batches = tqdm(batches, desc="embedding", unit="batch", total=-(-len(texts) // step))
         out: list[npt.NDArray[np.float32]] = []
         for start in batches:
             out.extend(
@@ -321,7 +334,7 @@ class MemoryAPI:
             else None
         )
         deduping = self.dedupe if dedupe is None else dedupe
-        with self._transaction() as conn:
+        with self._index_deferred(self._collection, len(texts)), self._transaction() as conn:
             existing: dict[bytes, uuid.UUID] = {}
             if deduping:
                 existing = self._lock_and_find_hashes(conn, hashes)
@@ -345,15 +358,14 @@ class MemoryAPI:
                     hashes=[hashes[i] for i in keep],
                     created_at=[times[i] for i in keep] if times else None,
                 )
-                with self._deferred_index(conn, len(rows)):
-                    write_memories(
-                        conn, self._collection.id, rows, expires_at=expires_at, upsert=ids is not None
-                    )
+                write_memories(conn, self._collection.id, rows, expires_at=expires_at, upsert=ids is not None)
         return [str(r) for r in result]
 
     def _lock_and_find_hashes(self, conn: Connection, hashes: list[bytes]) -> dict[bytes, uuid.UUID]:
         """Serialise concurrent dedupe stores of the same texts, then find those already stored."""
-        keys = sorted({int.from_bytes(h[:8], "big", signed=True) ^ self._collection.id for h in hashes})
+        # One lock per (collection, first byte of the hash): at most 256 whatever the batch size,
+        # which keeps PostgreSQL's shared lock table from filling up on a large batch.
+        keys = sorted({(self._collection.id << 8) | h[0] for h in hashes})
         conn.execute(
             sa.select(sa.func.pg_advisory_xact_lock(sa.column("k", sa.BigInteger))).select_from(
                 sa.func.unnest(sa.cast(keys, sa.ARRAY(sa.BigInteger))).alias("k")
@@ -364,7 +376,7 @@ class MemoryAPI:
             .where(
                 collection_predicate(self._collection),
                 live_predicate(),
-                memories.c.content_hash.in_(set(hashes)),
+                memories.c.content_hash == sa.any_(sa.cast(list(set(hashes)), sa.ARRAY(sa.LargeBinary))),
             )
             .order_by(memories.c.created_at)
         )
@@ -374,36 +386,33 @@ class MemoryAPI:
         return found
 
     @contextmanager
-    def _deferred_index(self, conn: Connection, rows: int) -> Iterator[None]:
-        """Drop the collection's HNSW index for a load that dwarfs it, and rebuild it once after.
+    def _index_deferred(self, info: CollectionInfo, incoming: int) -> Iterator[None]:
+        """For a load that dwarfs the collection, drop its HNSW index first and build it once after.
 
-        Measured: COPY ~60k rows/s without the index, ~600 rows/s with it. Cheap for an empty
-        or small collection; a large collection keeps its index (the load is small beside it).
-        The drop is transactional: if the load fails the index is back as it was.
+        Measured: COPY ~60k rows/s without the index, ~600 rows/s with it. Both steps run
+        CONCURRENTLY on a separate autocommit connection, so other collections are never
+        blocked; the load itself stays one transaction. A session advisory lock keeps two
+        loaders (or a reopening MemoryAPI) from racing over the same index.
         """
-        if rows < DEFER_INDEX_MIN_ROWS:
+        if incoming < DEFER_INDEX_MIN_ROWS:
             yield
             return
-        existing = self._bounded_live_count(conn, rows)
-        if existing >= rows:
+        with self._transaction() as conn:
+            defer = _bounded_count(conn, collection_predicate(info), incoming) < incoming
+        if not defer:
             yield
             return
-        drop_vector_index(conn, self._collection)
-        yield
-        conn.execute(
-            sa.text("SELECT set_config('maintenance_work_mem', :v, true)"), {"v": BULK_MAINTENANCE_MEM}
-        )
-        create_vector_index(conn, self._collection)
-
-    def _bounded_live_count(self, conn: Connection, limit: int) -> int:
-        inner = (
-            sa.select(sa.literal(1))
-            .select_from(memories)
-            .where(collection_predicate(self._collection))
-            .limit(limit)
-            .subquery()
-        )
-        return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
+        with (
+            self._db_errors(),
+            self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin,
+        ):
+            admin.execute(sa.select(sa.func.pg_advisory_lock(INDEX_LOCK_SPACE, info.id)))
+            try:
+                drop_vector_index(admin, info, concurrently=True)
+                yield
+            finally:
+                rebuild_vector_index_concurrently(admin, info, BULK_MAINTENANCE_MEM)
+                admin.execute(sa.select(sa.func.pg_advisory_unlock(INDEX_LOCK_SPACE, info.id)))
 
     def update(self, id: str, text: str | None = None, metadata: Mapping[str, Any] | None = None) -> Memory:
         """Merge ``metadata`` into the stored metadata (a key set to None is removed) and,
@@ -594,6 +603,10 @@ class MemoryAPI:
             )
         check_compatible(target, self.embedder.name, self.embedder.dim)
         with self._transaction() as conn:
+            moving = _bounded_count(conn, where, DEFER_INDEX_MIN_ROWS)
+        # Moving many rows into a small target: rebuilding its index once beats inserting
+        # each row into it (measured: 4.3 s vs 0.2 s + 1.2 s for 6k rows).
+        with self._index_deferred(target, moving), self._transaction() as conn:
             return int(conn.execute(archive_statement(where, target.id)).rowcount)
 
     def compress(
@@ -722,6 +735,23 @@ class MemoryAPI:
                 DuplicatePair(str(r.id_a), str(r.id_b), float(r.similarity), r.text_a, r.text_b)
                 for r in conn.execute(stmt)
             ]
+
+    def create_index(self, key: str, type: str = "text") -> str:
+        """Create the btree expression index that range filters on metadata ``key`` use.
+
+        ``type="text"`` serves string ranges (ISO timestamps: ``{"timestamp": {"$gte": ...}}``),
+        ``type="number"`` numeric ones. Equality and ``$in`` need no index of their own: the GIN
+        index on metadata serves them. Built CONCURRENTLY (writers are not blocked), shared by
+        every collection, idempotent. Returns the index name.
+        """
+        index_expression(key, type)  # validates the key and the type before anything runs
+        name = metadata_index_name(key, type)
+        with (
+            self._db_errors(),
+            self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        ):
+            create_expression_index(conn, name, lambda column: index_expression(key, type, column))
+        return name
 
     def stats(self, group_by: str | None = None) -> dict[str, Any]:
         """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
@@ -15,7 +17,7 @@ __all__ = ["ensure_collection", "get_collection", "list_collections", "require_c
 PRECISIONS = ("full", "half")
 
 
-def _info(row: sa.Row[tuple[int, str, str, int, str, str]]) -> CollectionInfo:
+def _info(row: Any) -> CollectionInfo:
     return CollectionInfo(
         id=row.id,
         name=row.name,

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from .errors import ConfigurationError, DatabaseUnavailable, PgvectorMissing
 from .server import ensure_embedded_server
@@ -22,8 +22,10 @@ from .server import ensure_embedded_server
 __all__ = [
     "ResolvedDatabase",
     "check_pgvector",
+    "dispose_engine",
     "get_engine",
     "libpq_url",
+    "lost_connection",
     "redact_url",
     "resolve_database",
     "sqlalchemy_url",
@@ -104,6 +106,14 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def dispose_engine(url: str) -> None:
+    """Close the pooled connections to ``url`` (the next use opens new ones)."""
+    with _engines_lock:
+        engine = _engines.pop(libpq_url(url), None)
+    if engine is not None:
+        engine.dispose()
+
+
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     """The error raised when the server cannot be reached, naming the URL without its password."""
     reason = (
@@ -114,6 +124,17 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
         "Check that the server is running and reachable, and that the URL's host, port, user, "
         "password and database are right (MEMORIX_DATABASE_URL or database_url=)."
     )
+
+
+def lost_connection(exc: DBAPIError) -> bool:
+    """True when the error means the server is unreachable or went away (not a failed query)."""
+    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:
+        return isinstance(exc, OperationalError)
+    # 08xxx: connection exceptions; 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
+    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
 
 
 def check_pgvector(engine: Engine, url: str) -> None:

@@ -69,16 +69,16 @@ def _insert_rows(conn: Connection, collection_id: int, rows: MemoryRows, expires
     if rows.created_at is not None:
         for value, created in zip(values, rows.created_at, strict=True):
             value["created_at"] = created
-        stmt = pg_insert(memories)
+        insert = pg_insert(memories)
     else:
         # clock_timestamp(), not now(): rows of one batch get distinct, increasing times.
-        stmt = pg_insert(memories).values(created_at=sa.func.clock_timestamp())
-    stmt = stmt.on_conflict_do_update(
+        insert = pg_insert(memories).values(created_at=sa.func.clock_timestamp())
+    upsert = insert.on_conflict_do_update(
         index_elements=[memories.c.id],
-        set_={**{c: stmt.excluded[c] for c in _UPSERT_SET}, "updated_at": sa.func.now()},
-        where=memories.c.collection_id == stmt.excluded.collection_id,
+        set_={**{c: insert.excluded[c] for c in _UPSERT_SET}, "updated_at": sa.func.now()},
+        where=memories.c.collection_id == insert.excluded.collection_id,
     ).returning(memories.c.id)
-    return len(conn.execute(stmt, values).fetchall())
+    return len(conn.execute(upsert, values).fetchall())
 
 
 _COPY_COLUMNS = (
@@ -135,7 +135,7 @@ def _copy_rows(
             table=sql.Identifier(SCHEMA, "memories"), columns=column_list, staging=target, updates=updates
         )
     )
-    written = cursor.rowcount
+    written = int(cursor.rowcount)
     cursor.execute(sql.SQL("DROP TABLE {}").format(target))
     return written
 

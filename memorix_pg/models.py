@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Table,
     Text,
     func,
 )
@@ -99,6 +100,6 @@ class MemoryRecord(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-memories = MemoryRecord.__table__
-collections = Collection.__table__
-metadata_column = MemoryRecord.__table__.c.metadata
+memories: Table = MemoryRecord.__table__  # type: ignore[assignment]
+collections: Table = Collection.__table__  # type: ignore[assignment]
+metadata_column = memories.c.metadata

@@ -142,12 +142,14 @@ def _store_lines(api: MemoryAPI, part: list[_Line]) -> int:
     ids = [ln.id for ln in part]
     given_ids = all(i is not None for i in ids)
     times = [ln.created_at for ln in part]
+    vectors: list[Any] = [ln.embedding for ln in part]
+    stamps: list[Any] = times
     api.store_batch(
         [ln.text for ln in part],
         [ln.metadata for ln in part],
         ids=[i for i in ids if i is not None] if given_ids else None,
-        embeddings=[ln.embedding for ln in part] if part[0].embedding is not None else None,
-        created_at=[t for t in times if t is not None] if all(t is not None for t in times) else None,
+        embeddings=vectors if part[0].embedding is not None else None,
+        created_at=stamps if all(t is not None for t in times) else None,
     )
     return len(part)
 
@@ -200,7 +202,9 @@ def import_chroma(
         bar = _progress(progress, f"importing {name}", total)
         imported = skipped = 0
         for offset in range(0, total, CHUNK):
-            page = source.get(include=["documents", "metadatas", "embeddings"], limit=CHUNK, offset=offset)
+            page: Any = source.get(
+                include=["documents", "metadatas", "embeddings"], limit=CHUNK, offset=offset
+            )
             keep = [
                 i for i, doc in enumerate(page["documents"] or []) if isinstance(doc, str) and doc.strip()
             ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from datetime import date, datetime
 from typing import Any
 
@@ -92,7 +92,10 @@ def clean_metadata(metadata: object, where: str = "metadata") -> dict[str, Any]:
         return {}
     if not isinstance(metadata, Mapping):
         raise InvalidInput(f"{where} must be a dict, got {type(metadata).__name__}")
-    cleaned = _clean(metadata, "", 0)
+    try:
+        cleaned = _clean(metadata, "", 0)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
     assert isinstance(cleaned, dict)
     return cleaned
 
@@ -148,7 +151,7 @@ def check_collection_name(name: object) -> str:
     return name
 
 
-def check_batch_lengths(texts: Sequence[Any], **others: Sequence[Any] | None) -> None:
+def check_batch_lengths(texts: Sequence[Any], **others: Sized | None) -> None:
     for label, seq in others.items():
         if seq is not None and len(seq) != len(texts):
             raise InvalidInput(f"{label} has {len(seq)} items but texts has {len(texts)}")

@@ -11,15 +11,20 @@ small collection inside a large table loses no recall to filtering.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import sqlalchemy as sa
 from pgvector.sqlalchemy import HALFVEC, Vector
 from psycopg import sql
 from sqlalchemy import ColumnElement, Float, bindparam, cast
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import Grouping
 
 from .models import SCHEMA, memories
 
@@ -28,12 +33,16 @@ __all__ = [
     "CollectionInfo",
     "collection_literal",
     "collection_predicate",
+    "create_expression_index",
     "create_vector_index",
     "distance_expression",
     "drop_vector_index",
     "index_name",
+    "metadata_index_name",
+    "rebuild_vector_index_concurrently",
     "score_from_distance",
     "typed_embedding",
+    "vector_index_state",
 ]
 
 # pgvector's HNSW supports up to 2,000 dimensions for vector and 4,000 for halfvec.
@@ -108,14 +117,15 @@ def score_from_distance(distance: str, value: float) -> float:
     return -value
 
 
-def create_vector_index(conn: Connection, info: CollectionInfo) -> None:
+def create_vector_index(conn: Connection, info: CollectionInfo, *, concurrently: bool = False) -> None:
     """Build the collection's HNSW index (no-op when it exists)."""
     kind = info.index_type
     statement = sql.SQL(
-        "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw "
+        "CREATE INDEX {how}IF NOT EXISTS {name} ON {table} USING hnsw "
         "(({column}::{kind}({dim})) {opclass}) WITH (m = {m}, ef_construction = {efc}) "
         "WHERE collection_id = {cid}"
     ).format(
+        how=sql.SQL("CONCURRENTLY " if concurrently else ""),
         name=sql.Identifier(index_name(info)),
         table=sql.Identifier(SCHEMA, "memories"),
         column=sql.Identifier("embedding"),
@@ -129,6 +139,69 @@ def create_vector_index(conn: Connection, info: CollectionInfo) -> None:
     conn.exec_driver_sql(statement.as_string(conn.connection.driver_connection))
 
 
-def drop_vector_index(conn: Connection, info: CollectionInfo) -> None:
-    statement = sql.SQL("DROP INDEX IF EXISTS {name}").format(name=sql.Identifier(SCHEMA, index_name(info)))
+def drop_vector_index(conn: Connection, info: CollectionInfo, *, concurrently: bool = False) -> None:
+    """Drop the collection's index; ``concurrently`` (autocommit only) blocks no reader or writer."""
+    statement = sql.SQL("DROP INDEX {how}IF EXISTS {name}").format(
+        how=sql.SQL("CONCURRENTLY " if concurrently else ""), name=sql.Identifier(SCHEMA, index_name(info))
+    )
     conn.exec_driver_sql(statement.as_string(conn.connection.driver_connection))
+
+
+def metadata_index_name(key: str, type: str) -> str:
+    """A stable name for the expression index on a metadata key (hashed: keys may hold any character)."""
+    digest = hashlib.blake2b(f"{type}:{key}".encode(), digest_size=6).hexdigest()
+    return f"memories_metadata_{type}_{digest}"
+
+
+def create_expression_index(
+    conn: Connection, name: str, build: Callable[[ColumnElement[Any]], ColumnElement[Any]]
+) -> None:
+    """``CREATE INDEX CONCURRENTLY`` on ``build(metadata)`` over ``memorix.memories`` (autocommit ``conn``).
+
+    SQLAlchemy's DDL compiler renders the expression (DDL takes no bound parameters, so it
+    escapes the values as literals). The index is declared on a throwaway table object so the
+    models' metadata never gains it. An invalid leftover of an interrupted build is replaced.
+    """
+    column = sa.Column("metadata", JSONB)
+    # Parenthesised: CREATE INDEX takes a bare function call but not a bare CASE.
+    index = sa.Index(name, Grouping(build(column)), postgresql_concurrently=True)
+    sa.Table("memories", sa.MetaData(), column, index, schema=SCHEMA)
+    if _index_state(conn, name) == "invalid":
+        index.drop(conn)
+    index.create(conn, checkfirst=True)
+
+
+def _index_state(conn: Connection, name: str) -> str:
+    valid = conn.execute(
+        sa.text(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = :name"
+        ),
+        {"schema": SCHEMA, "name": name},
+    ).scalar()
+    return "missing" if valid is None else ("valid" if valid else "invalid")
+
+
+def vector_index_state(conn: Connection, info: CollectionInfo) -> str:
+    """``"valid"``, ``"invalid"`` (a CONCURRENTLY build that died half-way) or ``"missing"``."""
+    return _index_state(conn, index_name(info))
+
+
+def rebuild_vector_index_concurrently(conn: Connection, info: CollectionInfo, maintenance_mem: str) -> None:
+    """Build the collection's index without blocking other collections (``conn`` in autocommit).
+
+    Replaces an invalid leftover of an interrupted build, then refreshes the planner's
+    statistics, which a bulk load leaves stale.
+    """
+    if vector_index_state(conn, info) == "invalid":
+        drop_vector_index(conn, info, concurrently=True)
+    conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :v, false)"), {"v": maintenance_mem})
+    try:
+        create_vector_index(conn, info, concurrently=True)
+    finally:
+        conn.execute(sa.text("RESET maintenance_work_mem"))
+    conn.exec_driver_sql(
+        sql.SQL("ANALYZE {}")
+        .format(sql.Identifier(SCHEMA, "memories"))
+        .as_string(conn.connection.driver_connection)
+    )

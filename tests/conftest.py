@@ -37,16 +37,32 @@ def _create_database(admin_url: str) -> str:
     return admin_url.replace("/postgres?", f"/{name}?", 1)
 
 
+def _drop_database(admin_url: str, url: str) -> None:
+    """Close the library's pool for ``url`` and drop the database, so connections never pile up."""
+    from memorix_pg.api import forget_database
+    from memorix_pg.database import dispose_engine
+
+    dispose_engine(url)
+    forget_database(url)
+    name = url.split("/")[-1].split("?")[0]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
-def database_url(pg_server_url: str) -> str:
+def database_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database on the session's server (libpq URL, unix socket)."""
-    return _create_database(pg_server_url)
+    url = _create_database(pg_server_url)
+    yield url
+    _drop_database(pg_server_url, url)
 
 
 @pytest.fixture(scope="module")
-def module_database_url(pg_server_url: str) -> str:
+def module_database_url(pg_server_url: str) -> Iterator[str]:
     """A fresh database shared by the tests of one module."""
-    return _create_database(pg_server_url)
+    url = _create_database(pg_server_url)
+    yield url
+    _drop_database(pg_server_url, url)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
