@@ -46,7 +46,11 @@ def test_wheel_installs_and_migrates_and_runs_the_demo_outside_the_repo(tmp_path
     try:
         where = subprocess.run(
             [str(python), "-c", "import memorix_pg.migrate as m; print(m.migrations_dir())"],
-            cwd=outside, env=env, check=True, capture_output=True, text=True,
+            cwd=outside,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         assert where.startswith(site), f"migrations found at {where}, not inside the installed wheel"
 
@@ -54,7 +58,9 @@ def test_wheel_installs_and_migrates_and_runs_the_demo_outside_the_repo(tmp_path
         assert migrated.returncode == 0, migrated.stderr
         assert "is at revision" in migrated.stdout
 
-        demo = subprocess.run([cli, "demo"], cwd=outside, env=env, capture_output=True, text=True, timeout=600)
+        demo = subprocess.run(
+            [cli, "demo"], cwd=outside, env=env, capture_output=True, text=True, timeout=600
+        )
         assert demo.returncode == 0, demo.stderr[-3000:]
         assert "6. stats" in demo.stdout
     finally:
