@@ -616,11 +616,13 @@ class MemoryAPI:
         summarizer: Summarizer | None = None,
         min_group: int = 2,
         max_chars: int = 1000,
+        group_by: Sequence[str] = ("session_id",),
     ) -> CompressionReport:
         """Replace each time window's matching memories with one summary memory.
 
         Windows are ``date_bin(window, created_at)`` groups of at least ``min_group``
-        memories. The summary keeps the metadata all originals share (so ``type`` and
+        memories; memories with different ``group_by`` values (by default the session) never
+        share one. The summary keeps the metadata all originals share (so ``type`` and
         ``session_id`` survive) plus ``compressed``, ``original_count``, ``window_start``,
         ``window_end`` and ``source_ids``; each window is stored and its originals deleted in
         one transaction. The default summarizer is extractive (no LLM): the most central
@@ -639,14 +641,20 @@ class MemoryAPI:
             ),
         )
         with self._transaction() as conn:
-            windows = list(conn.execute(window_query(where, size, min_group)))
+            windows = list(conn.execute(window_query(where, size, min_group, group_by)))
         summary_ids: list[str] = []
         compressed = 0
         for window_row in windows:
             with self._transaction() as conn:
                 rows = list(
                     conn.execute(
-                        sa.select(memories.c.id, memories.c.text, memories.c.metadata, memories.c.embedding)
+                        sa.select(
+                            memories.c.id,
+                            memories.c.text,
+                            memories.c.metadata,
+                            memories.c.embedding,
+                            memories.c.expires_at,
+                        )
                         .where(where, memories.c.id.in_(window_row.ids))
                         .order_by(memories.c.created_at, memories.c.id)
                         .with_for_update()
@@ -681,6 +689,10 @@ class MemoryAPI:
                         metadatas=[clean_metadata(meta)],
                         hashes=[_content_hash(summary)],
                     ),
+                    # A summary of memories that all expire lives as long as the last of them.
+                    expires_at=None
+                    if any(r.expires_at is None for r in rows)
+                    else max(r.expires_at for r in rows),
                     upsert=False,
                 )
                 conn.execute(sa.delete(memories).where(memories.c.id.in_([r.id for r in rows])))

@@ -59,17 +59,24 @@ def archive_statement(where: sa.ColumnElement[bool], target_collection_id: int) 
     )
 
 
-def window_query(where: sa.ColumnElement[bool], window: timedelta, min_group: int) -> sa.Select[Any]:
-    """Time windows (``date_bin`` over ``created_at``) holding at least ``min_group`` memories."""
+def window_query(
+    where: sa.ColumnElement[bool], window: timedelta, min_group: int, group_by: Sequence[str] = ()
+) -> sa.Select[Any]:
+    """Time windows (``date_bin`` over ``created_at``) holding at least ``min_group`` memories.
+
+    Memories that differ in any ``group_by`` metadata key (a session id, say) never share a
+    window, so each summary keeps that key and the session's context still finds it.
+    """
     bucket = sa.func.date_bin(
         sa.cast(sa.literal(window), sa.Interval()), memories.c.created_at, sa.literal(WINDOW_ORIGIN)
     ).label("window_start")
+    keys = [memories.c.metadata[key] for key in group_by]
     return (
         sa.select(
             bucket, sa.func.array_agg(aggregate_order_by(memories.c.id, memories.c.created_at)).label("ids")
         )
         .where(where)
-        .group_by(bucket)
+        .group_by(bucket, *keys)
         .having(sa.func.count() >= min_group)
         .order_by(bucket)
     )

@@ -884,3 +884,27 @@ def test_stats_match_the_seeds_analytics_and_the_views(make_api, database_url, m
     assert old == sum(m["timestamp"] < old_cutoff for m in metas)
     assert manager.cleanup_old_memories(days_old=30) == old
     assert api.count() == len(texts) - old
+
+
+def test_compress_keeps_sessions_apart_and_summaries_expire_with_their_memories(make_api, database_url):
+    """Without a session filter, each session still gets its own summary (group_by defaults to
+    session_id), so each session's context finds it; a window of expiring memories gives an
+    expiring summary."""
+    api = make_api("compress_sessions")
+    api.store_batch(
+        [f"s1 message {i}" for i in range(3)] + [f"s2 message {i}" for i in range(3)],
+        [{"type": "conversation", "session_id": "s1"}] * 3 + [{"type": "conversation", "session_id": "s2"}] * 3,
+        ttl=timedelta(days=2),
+    )
+    report = api.compress(window=timedelta(days=1))
+    assert report.windows == 2 and report.compressed == 6
+    for session in ("s1", "s2"):
+        [summary] = api.retrieve("", top_k=10, filter={"session_id": session})
+        assert summary.metadata["compressed"] is True
+        assert summary.metadata["original_count"] == 3
+        assert all(line.startswith(session) for line in summary.text.splitlines())
+    with psycopg.connect(database_url) as conn:
+        expiries = conn.execute(
+            "SELECT expires_at FROM memorix.memories WHERE metadata @> '{\"compressed\": true}'"
+        ).fetchall()
+    assert len(expiries) == 2 and all(e is not None for (e,) in expiries)
