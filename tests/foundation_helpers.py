@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class CountingEmbedder:
     """A custom embedder object (not a string): hash features in ``dim`` buckets, counting calls."""
 
-    def __init__(self, dim: int = 16, name: str | None = None) -> None:
+    def __init__(self, dim: int = 32, name: str | None = None) -> None:
         from memorix_pg import HashEmbedder
 
         self._inner = HashEmbedder(dim)
@@ -33,8 +33,13 @@ class CountingEmbedder:
         self.calls.append(list(texts))
         return self._inner.embed(texts)
 
+    @property
+    def embedded(self) -> int:
+        """How many texts were embedded in all."""
+        return sum(len(c) for c in self.calls)
 
-def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+
+def unit_vectors(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
     """``n`` random unit vectors (float32), reproducible by ``seed``."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)

@@ -20,24 +20,7 @@ from memorix_pg import ingest as ingest_module
 from memorix_pg.api import EMBED_BATCH
 from memorix_pg.database import get_engine
 from memorix_pg.ingest import COPY_MIN_ROWS
-
-
-class CountingEmbedder:
-    def __init__(self, dim: int = 32, name: str | None = None) -> None:
-        self._inner = HashEmbedder(dim)
-        self.name = name or f"counting-{dim}"
-        self.dim = dim
-        self.calls: list[list[str]] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        return self._inner.embed(texts)
-
-
-def unit_vectors(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+from tests.foundation_helpers import CountingEmbedder, unit_vectors
 
 
 def sql(url: str, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:

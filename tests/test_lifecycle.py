@@ -35,6 +35,7 @@ from memorix_pg import (
 from memorix_pg.cache import EmbeddingCache
 from memorix_pg.database import get_engine
 from memorix_pg.lifecycle import extractive_summary
+from tests.foundation_helpers import CountingEmbedder, unit_vectors
 
 # SQLAlchemy deprecations become errors in its next major release: fail on them now.
 pytestmark = pytest.mark.filterwarnings("error::sqlalchemy.exc.SADeprecationWarning")
@@ -42,30 +43,6 @@ pytestmark = pytest.mark.filterwarnings("error::sqlalchemy.exc.SADeprecationWarn
 SEED = __import__("pathlib").Path(__file__).resolve().parent / "seed" / "memory-management.md"
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-class CountingEmbedder:
-    """A custom embedder object: hash features, recording every call (to prove what is embedded)."""
-
-    def __init__(self, dim: int = 32, name: str | None = None) -> None:
-        self._inner = HashEmbedder(dim)
-        self.name = name or f"counting-{dim}"
-        self.dim = dim
-        self.calls: list[list[str]] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        return self._inner.embed(texts)
-
-    @property
-    def embedded(self) -> int:
-        return sum(len(c) for c in self.calls)
-
-
-def unit_vectors(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def with_similarity(v: np.ndarray, similarity: float, seed: int) -> np.ndarray:
@@ -893,7 +870,8 @@ def test_compress_keeps_sessions_apart_and_summaries_expire_with_their_memories(
     api = make_api("compress_sessions")
     api.store_batch(
         [f"s1 message {i}" for i in range(3)] + [f"s2 message {i}" for i in range(3)],
-        [{"type": "conversation", "session_id": "s1"}] * 3 + [{"type": "conversation", "session_id": "s2"}] * 3,
+        [{"type": "conversation", "session_id": "s1"}] * 3
+        + [{"type": "conversation", "session_id": "s2"}] * 3,
         ttl=timedelta(days=2),
     )
     report = api.compress(window=timedelta(days=1))
