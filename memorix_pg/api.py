@@ -42,6 +42,7 @@ from .memory import Memory
 from .migrate import current_revision, head_revision, upgrade
 from .models import memories
 from .search import SearchPlan, search
+from .server import ensure_embedded_server
 from .validation import (
     check_batch_lengths,
     check_collection_name,
@@ -176,6 +177,7 @@ class MemoryAPI:
         resolved = resolve_database(database_url)
         self._url = resolved.url
         self.embedded = resolved.embedded
+        self._data_dir = resolved.data_dir
         self._engine = get_engine(self._url)
         _prepare_database(self._url, auto_migrate)
         with self._db_errors():
@@ -215,8 +217,19 @@ class MemoryAPI:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self._db_errors(), self._engine.begin() as conn:
+        with self._db_errors(), self._connect() as conn, conn.begin():
             yield conn
+
+    def _connect(self) -> Connection:
+        """A pooled connection (pinged first). If the embedded server died, start it again:
+        existing MemoryAPI objects keep working after a crash or a restart."""
+        try:
+            return self._engine.connect()
+        except DBAPIError as exc:
+            if not (self.embedded and lost_connection(exc)):
+                raise
+        ensure_embedded_server(self._data_dir)
+        return self._engine.connect()
 
     def _embed_uncached(self, texts: list[str]) -> npt.NDArray[np.float32]:
         vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
@@ -404,7 +417,7 @@ class MemoryAPI:
             return
         with (
             self._db_errors(),
-            self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin,
+            self._connect().execution_options(isolation_level="AUTOCOMMIT") as admin,
         ):
             admin.execute(sa.select(sa.func.pg_advisory_lock(INDEX_LOCK_SPACE, info.id)))
             try:
@@ -760,7 +773,7 @@ class MemoryAPI:
         name = metadata_index_name(key, type)
         with (
             self._db_errors(),
-            self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+            self._connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
         ):
             create_expression_index(conn, name, lambda column: index_expression(key, type, column))
         return name

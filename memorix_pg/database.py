@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from .errors import ConfigurationError, DatabaseUnavailable, PgvectorMissing
-from .server import ensure_embedded_server
+from .server import default_data_dir, ensure_embedded_server
 
 __all__ = [
     "ResolvedDatabase",
@@ -44,6 +45,7 @@ PGVECTOR_INSTALL_HINT = (
 class ResolvedDatabase:
     url: str  # libpq form: postgresql://user:pass@host/db
     embedded: bool
+    data_dir: Path | None = None  # the embedded server's, to start it again if it dies
 
 
 def resolve_database(database_url: str | None = None) -> ResolvedDatabase:
@@ -51,7 +53,8 @@ def resolve_database(database_url: str | None = None) -> ResolvedDatabase:
     url = database_url or os.environ.get(ENV_URL) or None
     if url:
         return ResolvedDatabase(url=libpq_url(url), embedded=False)
-    return ResolvedDatabase(url=ensure_embedded_server(), embedded=True)
+    data_dir = default_data_dir()
+    return ResolvedDatabase(url=ensure_embedded_server(data_dir), embedded=True, data_dir=data_dir)
 
 
 def libpq_url(url: str) -> str:
