@@ -11,6 +11,7 @@ from .errors import (
     InvalidInput,
     MemorixError,
     MemoryNotFound,
+    PermissionDenied,
     PgvectorMissing,
 )
 from .memory import Memory
@@ -29,6 +30,7 @@ __all__ = [
     "Memory",
     "MemoryAPI",
     "MemoryNotFound",
+    "PermissionDenied",
     "PgvectorMissing",
     "SentenceTransformerEmbedder",
 ]

@@ -23,9 +23,16 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from .analytics import fold_groups, group_count_query
 from .cache import CacheInfo, EmbeddingCache
 from .catalog import check_compatible, ensure_collection
-from .database import check_pgvector, get_engine, lost_connection, resolve_database, unavailable
+from .database import (
+    check_pgvector,
+    get_engine,
+    lost_connection,
+    redact_url,
+    resolve_database,
+    unavailable,
+)
 from .embedders import Embedder, resolve_embedder
-from .errors import ConfigurationError, FilterError, InvalidInput, MemoryNotFound
+from .errors import ConfigurationError, FilterError, InvalidInput, MemoryNotFound, PermissionDenied
 from .filters import compile_filter, index_expression
 from .ingest import MemoryRows, write_memories
 from .lifecycle import (
@@ -47,6 +54,7 @@ from .validation import (
     check_batch_lengths,
     check_collection_name,
     check_embedding,
+    check_tenant,
     check_text,
     check_timestamp,
     clean_metadata,
@@ -149,7 +157,8 @@ class MemoryAPI:
     database. ``distance`` (cosine, l2, ip) and ``precision`` (full, half) apply when the
     collection is created and are fixed after. ``dedupe=True`` makes ``store`` return the
     existing id for a text already in the collection; ``cache_size`` bounds the LRU cache
-    of embeddings (0 disables it).
+    of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
+    enforced by PostgreSQL row-level security for roles that do not own the table.
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class MemoryAPI:
         auto_migrate: bool = True,
         dedupe: bool = False,
         cache_size: int = 1024,
+        tenant: str | None = None,
     ) -> None:
         if vector_store not in VECTOR_STORES:
             raise ConfigurationError(
@@ -172,6 +182,7 @@ class MemoryAPI:
             )
         self.embedder: Embedder = resolve_embedder(embedder)
         self.dedupe = dedupe
+        self.tenant = check_tenant(tenant)
         self._cache = EmbeddingCache(cache_size)
         self.collection_name = check_collection_name(collection_name)
         resolved = resolve_database(database_url)
@@ -213,11 +224,19 @@ class MemoryAPI:
         except DBAPIError as exc:
             if lost_connection(exc):
                 raise unavailable(self._url, exc) from None
+            if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege, RLS included
+                message = str(exc.orig).splitlines()[0]
+                raise PermissionDenied(
+                    f"the database refused: {message} (role in {redact_url(self._url)})"
+                ) from None
             raise
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         with self._db_errors(), self._connect() as conn, conn.begin():
+            if self.tenant is not None:
+                # Transaction-scoped: the pooled connection carries nothing to its next user.
+                conn.execute(sa.select(sa.func.set_config("memorix.tenant", self.tenant, True)))
             yield conn
 
     def _connect(self) -> Connection:
@@ -263,9 +282,18 @@ class MemoryAPI:
         """Hits, misses, maximum and current size of the embedding cache."""
         return self._cache.info()
 
+    def _scope(self, table: Any = memories) -> sa.ColumnElement[bool]:
+        """This collection's rows of this tenant (or without a tenant, when none is set).
+
+        The tenant predicate is the library's own check; row-level security enforces the
+        same for roles that do not own the table.
+        """
+        tenant = table.c.tenant.is_(None) if self.tenant is None else table.c.tenant == self.tenant
+        return sa.and_(table.c.collection_id == collection_literal(self._collection), tenant)
+
     def _where(self, filter: Mapping[str, Any] | None) -> sa.ColumnElement[bool]:
-        """This collection's live (not expired) memories matching ``filter``."""
-        return sa.and_(collection_predicate(self._collection), live_predicate(), compile_filter(filter))
+        """This collection's live (not expired) memories of this tenant matching ``filter``."""
+        return sa.and_(self._scope(), live_predicate(), compile_filter(filter))
 
     def _memory(self, row: Any, score: float | None = None) -> Memory:
         return Memory(
@@ -371,7 +399,14 @@ class MemoryAPI:
                     hashes=[hashes[i] for i in keep],
                     created_at=[times[i] for i in keep] if times else None,
                 )
-                write_memories(conn, self._collection.id, rows, expires_at=expires_at, upsert=ids is not None)
+                write_memories(
+                    conn,
+                    self._collection.id,
+                    rows,
+                    expires_at=expires_at,
+                    upsert=ids is not None,
+                    tenant=self.tenant,
+                )
         return [str(r) for r in result]
 
     def _lock_and_find_hashes(self, conn: Connection, hashes: list[bytes]) -> dict[bytes, uuid.UUID]:
@@ -387,7 +422,7 @@ class MemoryAPI:
         stmt = (
             sa.select(memories.c.content_hash, memories.c.id)
             .where(
-                collection_predicate(self._collection),
+                self._scope(),
                 live_predicate(),
                 memories.c.content_hash == sa.any_(sa.cast(list(set(hashes)), sa.ARRAY(sa.LargeBinary))),
             )
@@ -460,9 +495,7 @@ class MemoryAPI:
         """Delete one memory; False when it did not exist."""
         row_id = parse_id(id)
         with self._transaction() as conn:
-            result = conn.execute(
-                sa.delete(memories).where(collection_predicate(self._collection), memories.c.id == row_id)
-            )
+            result = conn.execute(sa.delete(memories).where(self._scope(), memories.c.id == row_id))
         return bool(result.rowcount)
 
     def delete_by_filter(self, filter: Mapping[str, Any]) -> int:
@@ -586,9 +619,7 @@ class MemoryAPI:
 
     def purge_expired(self) -> int:
         """Delete this collection's memories whose TTL has passed."""
-        stmt = sa.delete(memories).where(
-            collection_predicate(self._collection), memories.c.expires_at <= sa.func.now()
-        )
+        stmt = sa.delete(memories).where(self._scope(), memories.c.expires_at <= sa.func.now())
         with self._transaction() as conn:
             return int(conn.execute(stmt).rowcount)
 
@@ -707,6 +738,7 @@ class MemoryAPI:
                     if any(r.expires_at is None for r in rows)
                     else max(r.expires_at for r in rows),
                     upsert=False,
+                    tenant=self.tenant,
                 )
                 conn.execute(sa.delete(memories).where(memories.c.id.in_([r.id for r in rows])))
             summary_ids.append(str(summary_id))
@@ -731,7 +763,7 @@ class MemoryAPI:
         live_b = sa.or_(b.c.expires_at.is_(None), b.c.expires_at > sa.func.now())
         near = (
             sa.select(b.c.id, b.c.text, distance.label("d"))
-            .where(b.c.collection_id == collection_literal(info), b.c.id != a.c.id, live_b)
+            .where(self._scope(b), b.c.id != a.c.id, live_b)
             .order_by(distance)
             .limit(neighbours)
             .lateral("near")
@@ -747,7 +779,7 @@ class MemoryAPI:
             )
             .select_from(a.join(near, sa.true()))
             .where(
-                a.c.collection_id == collection_literal(info),
+                self._scope(a),
                 sa.or_(a.c.expires_at.is_(None), a.c.expires_at > sa.func.now()),
                 a.c.id < near.c.id,
                 1 - near.c.d >= threshold,

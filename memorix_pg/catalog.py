@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ProgrammingError
 
 from .errors import CollectionNotFound, ConfigurationError, EmbedderMismatch
 from .models import DISTANCES, collections
-from .vector_index import CollectionInfo, create_vector_index
+from .vector_index import CollectionInfo, create_vector_index, drop_vector_index, vector_index_state
 
-__all__ = ["ensure_collection", "get_collection", "list_collections", "require_collection"]
+__all__ = [
+    "ensure_collection",
+    "ensure_vector_indexes",
+    "get_collection",
+    "list_collections",
+    "require_collection",
+]
 
 PRECISIONS = ("full", "half")
+logger = logging.getLogger("memorix_pg")
 
 
 def _info(row: Any) -> CollectionInfo:
@@ -63,6 +72,17 @@ def check_compatible(info: CollectionInfo, embedder_name: str, dimension: int) -
         )
 
 
+def ensure_vector_indexes(conn: Connection) -> list[str]:
+    """Build the HNSW index of every collection that lacks one; returns their names."""
+    built = []
+    for info in list_collections(conn):
+        if vector_index_state(conn, info) != "valid":
+            drop_vector_index(conn, info)
+            create_vector_index(conn, info)
+            built.append(info.name)
+    return built
+
+
 def ensure_collection(
     engine: Engine,
     name: str,
@@ -92,7 +112,19 @@ def ensure_collection(
             )
             info = get_collection(conn, name)
             assert info is not None
-            create_vector_index(conn, info)
+            try:
+                with conn.begin_nested():
+                    create_vector_index(conn, info)
+            except ProgrammingError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+                    raise
+                # An application role that does not own the table cannot build indexes: the
+                # collection works (searched exactly) until the owner runs `memorix-pg migrate`.
+                logger.warning(
+                    "collection %r created without its HNSW index (this role may not create indexes); "
+                    "run `memorix-pg migrate` as the schema owner to build it",
+                    name,
+                )
     check_compatible(info, embedder_name, dimension)
     for option, wanted, actual in (
         ("distance", distance, info.distance),

@@ -110,6 +110,13 @@ def migrate(database_url: str | None, revision: str) -> None:
     migrations.upgrade(resolved.url, revision)
     at = migrations.current_revision(get_engine(resolved.url))
     click.echo(f"{redact_url(resolved.url)} is at revision {at}")
+    if at == migrations.head_revision():
+        from .catalog import ensure_vector_indexes
+
+        with get_engine(resolved.url).begin() as conn:
+            built = ensure_vector_indexes(conn)
+        if built:
+            click.echo(f"built the missing HNSW index of: {', '.join(built)}")
 
 
 @main.group()

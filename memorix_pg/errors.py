@@ -16,6 +16,7 @@ __all__ = [
     "InvalidInput",
     "MemorixError",
     "MemoryNotFound",
+    "PermissionDenied",
     "PgvectorMissing",
 ]
 
@@ -56,6 +57,10 @@ class EmbedderMismatch(MemorixError):
 
 class DatabaseUnavailable(MemorixError):
     """The PostgreSQL server cannot be reached; the message names the URL (password hidden)."""
+
+
+class PermissionDenied(MemorixError):
+    """The database role may not do this (a privilege, or a row-level-security policy, says no)."""
 
 
 class PgvectorMissing(MemorixError):

@@ -51,7 +51,9 @@ class MemoryRows:
 _UPSERT_SET = ("text", "embedding", "metadata", "content_hash", "expires_at")
 
 
-def _insert_rows(conn: Connection, collection_id: int, rows: MemoryRows, expires_at: datetime | None) -> int:
+def _insert_rows(
+    conn: Connection, collection_id: int, rows: MemoryRows, expires_at: datetime | None, tenant: str | None
+) -> int:
     values = [
         {
             "id": row_id,
@@ -61,6 +63,7 @@ def _insert_rows(conn: Connection, collection_id: int, rows: MemoryRows, expires
             "metadata": meta,
             "content_hash": digest,
             "expires_at": expires_at,
+            "tenant": tenant,
         }
         for row_id, text, vector, meta, digest in zip(
             rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, strict=True
@@ -76,7 +79,11 @@ def _insert_rows(conn: Connection, collection_id: int, rows: MemoryRows, expires
     upsert = insert.on_conflict_do_update(
         index_elements=[memories.c.id],
         set_={**{c: insert.excluded[c] for c in _UPSERT_SET}, "updated_at": sa.func.now()},
-        where=memories.c.collection_id == insert.excluded.collection_id,
+        # Never take over a row of another collection or another tenant.
+        where=sa.and_(
+            memories.c.collection_id == insert.excluded.collection_id,
+            memories.c.tenant.is_not_distinct_from(insert.excluded.tenant),
+        ),
     ).returning(memories.c.id)
     return len(conn.execute(upsert, values).fetchall())
 
@@ -89,13 +96,19 @@ _COPY_COLUMNS = (
     "metadata",
     "content_hash",
     "expires_at",
+    "tenant",
     "created_at",
 )
-_COPY_TYPES = ["uuid", "int8", "text", "vector", "jsonb", "bytea", "timestamptz", "timestamptz"]
+_COPY_TYPES = ["uuid", "int8", "text", "vector", "jsonb", "bytea", "timestamptz", "text", "timestamptz"]
 
 
 def _copy_rows(
-    conn: Connection, collection_id: int, rows: MemoryRows, expires_at: datetime | None, upsert: bool
+    conn: Connection,
+    collection_id: int,
+    rows: MemoryRows,
+    expires_at: datetime | None,
+    upsert: bool,
+    tenant: str | None,
 ) -> int:
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -121,7 +134,7 @@ def _copy_rows(
         for row_id, text, vector, meta, digest, created_at in zip(
             rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, created, strict=True
         ):
-            row = (row_id, collection_id, text, vector, Jsonb(meta), digest, expires_at, created_at)
+            row = (row_id, collection_id, text, vector, Jsonb(meta), digest, expires_at, tenant, created_at)
             copy.write_row(row[: len(columns)])
     if not upsert:
         return len(rows)
@@ -130,7 +143,8 @@ def _copy_rows(
         sql.SQL(
             "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "
             "ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now() "
-            "WHERE {table}.collection_id = EXCLUDED.collection_id"
+            "WHERE {table}.collection_id = EXCLUDED.collection_id "
+            "AND {table}.tenant IS NOT DISTINCT FROM EXCLUDED.tenant"
         ).format(
             table=sql.Identifier(SCHEMA, "memories"), columns=column_list, staging=target, updates=updates
         )
@@ -147,6 +161,7 @@ def write_memories(
     *,
     expires_at: datetime | None = None,
     upsert: bool = True,
+    tenant: str | None = None,
 ) -> None:
     """Write ``rows`` into the collection inside the caller's transaction.
 
@@ -159,16 +174,20 @@ def write_memories(
         start = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
         rows = replace(rows, created_at=[start + timedelta(microseconds=i) for i in range(len(rows))])
     if len(rows) >= COPY_MIN_ROWS:
-        written = _copy_rows(conn, collection_id, rows, expires_at, upsert)
+        written = _copy_rows(conn, collection_id, rows, expires_at, upsert, tenant)
     else:
-        written = _insert_rows(conn, collection_id, rows, expires_at)
+        written = _insert_rows(conn, collection_id, rows, expires_at, tenant)
     if written != len(rows):
-        taken = _ids_elsewhere(conn, collection_id, rows.ids)
+        taken = _ids_elsewhere(conn, collection_id, tenant, rows.ids)
         raise InvalidInput(
-            f"id {taken[0] if taken else '?'} already belongs to another collection; nothing was stored"
+            f"id {taken[0] if taken else '?'} already belongs to another collection or tenant; "
+            "nothing was stored"
         )
 
 
-def _ids_elsewhere(conn: Connection, collection_id: int, ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    stmt = sa.select(memories.c.id).where(memories.c.id.in_(ids), memories.c.collection_id != collection_id)
+def _ids_elsewhere(
+    conn: Connection, collection_id: int, tenant: str | None, ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    elsewhere = sa.or_(memories.c.collection_id != collection_id, memories.c.tenant.is_distinct_from(tenant))
+    stmt = sa.select(memories.c.id).where(memories.c.id.in_(ids), elsewhere)
     return [r.id for r in conn.execute(stmt.limit(1))]

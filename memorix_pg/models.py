@@ -70,6 +70,12 @@ class MemoryRecord(Base):
     __table_args__ = (
         Index("memories_collection_created_idx", "collection_id", "created_at"),
         Index("memories_collection_hash_idx", "collection_id", "content_hash"),
+        Index(
+            "memories_collection_tenant_idx",
+            "collection_id",
+            "tenant",
+            postgresql_where=sql_text("tenant IS NOT NULL"),
+        ),
         Index("memories_expires_at_idx", "expires_at", postgresql_where=sql_text("expires_at IS NOT NULL")),
         Index(
             "memories_metadata_gin_idx",
@@ -98,6 +104,8 @@ class MemoryRecord(Base):
     )
     # Set from a TTL; an expired memory is never returned or counted, and purge_expired() deletes it.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Row-level security restricts rows to the ``memorix.tenant`` setting (migration 0003).
+    tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 memories: Table = MemoryRecord.__table__  # type: ignore[assignment]

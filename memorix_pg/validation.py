@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "check_collection_name",
     "check_embedding",
+    "check_tenant",
     "check_text",
     "check_timestamp",
     "clean_metadata",
@@ -139,6 +140,17 @@ def check_timestamp(value: object, where: str) -> datetime:
     if value.tzinfo is None:
         raise InvalidInput(f"{where} has no time zone; give an aware datetime (e.g. with tzinfo=UTC)")
     return value
+
+
+def check_tenant(tenant: object) -> str | None:
+    if tenant is None:
+        return None
+    if not isinstance(tenant, str) or not tenant or "\x00" in tenant or len(tenant) > MAX_COLLECTION_NAME:
+        raise InvalidInput(
+            f"tenant must be a non-empty str of at most {MAX_COLLECTION_NAME} characters without NUL, "
+            f"got {tenant!r:.80}"
+        )
+    return tenant
 
 
 def check_collection_name(name: object) -> str:

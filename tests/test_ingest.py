@@ -55,9 +55,9 @@ def copy_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     real = ingest_module._copy_rows
 
-    def spy(conn, collection_id, rows, expires_at, upsert):  # type: ignore[no-untyped-def]
+    def spy(conn, collection_id, rows, *args):  # type: ignore[no-untyped-def]
         sizes.append(len(rows))
-        return real(conn, collection_id, rows, expires_at, upsert)
+        return real(conn, collection_id, rows, *args)
 
     monkeypatch.setattr(ingest_module, "_copy_rows", spy)
     return sizes
