@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from .analytics import fold_groups, group_count_query
 from .cache import CacheInfo, EmbeddingCache
 from .catalog import check_compatible, ensure_collection
+from .crypto import TextCipher
 from .database import (
     check_pgvector,
     get_engine,
@@ -115,10 +116,6 @@ def forget_database(url: str) -> None:
         _prepared.discard(url)
 
 
-def _content_hash(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()
-
-
 def _expiry(ttl: timedelta | None) -> datetime | None:
     if ttl is None:
         return None
@@ -136,6 +133,19 @@ def _first_new_positions(hashes: list[bytes], existing: dict[bytes, uuid.UUID]) 
             keep.append(i)
         seen.add(digest)
     return keep
+
+
+def _field_paths(filter: object) -> Iterator[str]:
+    """The field paths a filter document names, through $and/$or/$nor/$not."""
+    if isinstance(filter, Mapping):
+        for key, value in filter.items():
+            if isinstance(key, str) and key.startswith("$"):
+                yield from _field_paths(value)
+            elif isinstance(key, str):
+                yield key
+    elif isinstance(filter, list | tuple):
+        for item in filter:
+            yield from _field_paths(item)
 
 
 def _bounded_count(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> int:
@@ -159,6 +169,8 @@ class MemoryAPI:
     existing id for a text already in the collection; ``cache_size`` bounds the LRU cache
     of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
     enforced by PostgreSQL row-level security for roles that do not own the table.
+    ``encryption_key`` encrypts texts (and the ``encrypted_metadata`` keys' values) with
+    AES-GCM before they leave the process; embeddings stay searchable.
     """
 
     def __init__(
@@ -174,6 +186,8 @@ class MemoryAPI:
         dedupe: bool = False,
         cache_size: int = 1024,
         tenant: str | None = None,
+        encryption_key: str | bytes | None = None,
+        encrypted_metadata: Sequence[str] = (),
     ) -> None:
         if vector_store not in VECTOR_STORES:
             raise ConfigurationError(
@@ -183,6 +197,10 @@ class MemoryAPI:
         self.embedder: Embedder = resolve_embedder(embedder)
         self.dedupe = dedupe
         self.tenant = check_tenant(tenant)
+        self._cipher = TextCipher(encryption_key) if encryption_key is not None else None
+        self.encrypted_metadata = tuple(encrypted_metadata)
+        if self.encrypted_metadata and self._cipher is None:
+            raise ConfigurationError("encrypted_metadata needs an encryption_key")
         self._cache = EmbeddingCache(cache_size)
         self.collection_name = check_collection_name(collection_name)
         resolved = resolve_database(database_url)
@@ -293,13 +311,53 @@ class MemoryAPI:
 
     def _where(self, filter: Mapping[str, Any] | None) -> sa.ColumnElement[bool]:
         """This collection's live (not expired) memories of this tenant matching ``filter``."""
+        self._check_filter_keys(filter)
         return sa.and_(self._scope(), live_predicate(), compile_filter(filter))
 
+    def _hash(self, text: str) -> bytes:
+        """The content hash for dedup: keyed (HMAC) when texts are encrypted."""
+        return (
+            self._cipher.content_hash(text) if self._cipher else hashlib.sha256(text.encode("utf-8")).digest()
+        )
+
+    def _seal(
+        self, row_id: uuid.UUID, text: str | None, metadata: dict[str, Any], cipher: TextCipher | None = None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Text and listed metadata values as stored: encrypted under ``cipher`` (default: ours)."""
+        cipher = cipher or self._cipher
+        if cipher is None:
+            return text, metadata
+        sealed = {
+            k: (cipher.encrypt_value(v, row_id, k) if k in self.encrypted_metadata and v is not None else v)
+            for k, v in metadata.items()
+        }
+        return (cipher.encrypt(text, row_id) if text is not None else None), sealed
+
+    def _open(self, row_id: uuid.UUID, text: str, metadata: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The plaintext of a stored row (the inverse of :meth:`_seal`)."""
+        if self._cipher is None:
+            return text, metadata
+        opened = {
+            k: (self._cipher.decrypt_value(v, row_id, k) if k in self.encrypted_metadata else v)
+            for k, v in metadata.items()
+        }
+        return self._cipher.decrypt(text, row_id), opened
+
+    def _check_filter_keys(self, filter: Mapping[str, Any] | None) -> None:
+        """Encrypted metadata values cannot be matched: say so instead of matching nothing."""
+        for path in _field_paths(filter) if self.encrypted_metadata else ():
+            key = path.split(".")[0]
+            if key in self.encrypted_metadata:
+                raise FilterError(
+                    f"metadata key {key!r} is encrypted and cannot be filtered on (path {path!r})"
+                )
+
     def _memory(self, row: Any, score: float | None = None) -> Memory:
+        text, metadata = self._open(row.id, row.text, dict(row.metadata))
         return Memory(
             id=str(row.id),
-            text=row.text,
-            metadata=dict(row.metadata),
+            text=text,
+            metadata=metadata,
             score=score,
             created_at=row.created_at,
             collection=self.collection_name,
@@ -366,7 +424,7 @@ class MemoryAPI:
         )
         if len(set(row_ids)) != len(row_ids):
             raise InvalidInput("ids contains the same id more than once")
-        hashes = [_content_hash(t) for t in clean_texts]
+        hashes = [self._hash(t) for t in clean_texts]
         given_vectors = (
             np.stack(
                 [check_embedding(e, self.embedder.dim, f"embeddings[{i}]") for i, e in enumerate(embeddings)]
@@ -391,11 +449,12 @@ class MemoryAPI:
                     if given_vectors is not None
                     else self._embed([clean_texts[i] for i in keep], progress=progress)
                 )
+                sealed = [self._seal(row_ids[i], clean_texts[i], clean_metas[i]) for i in keep]
                 rows = MemoryRows(
                     ids=[row_ids[i] for i in keep],
-                    texts=[clean_texts[i] for i in keep],
+                    texts=[text for text, _ in sealed if text is not None],
                     vectors=vectors,
-                    metadatas=[clean_metas[i] for i in keep],
+                    metadatas=[meta for _, meta in sealed],
                     hashes=[hashes[i] for i in keep],
                     created_at=[times[i] for i in keep] if times else None,
                 )
@@ -468,7 +527,7 @@ class MemoryAPI:
         row_id = parse_id(id)
         patch = clean_metadata(metadata)
         removed = [k for k, v in patch.items() if v is None]
-        kept = {k: v for k, v in patch.items() if v is not None}
+        kept = self._seal(row_id, None, {k: v for k, v in patch.items() if v is not None})[1]
         merged = memories.c.metadata.op("||")(sa.cast(kept, memories.c.metadata.type))
         values: dict[str, Any] = {
             "metadata": merged.op("-")(sa.cast(removed, sa.ARRAY(sa.Text))) if removed else merged,
@@ -477,7 +536,9 @@ class MemoryAPI:
         if text is not None:
             new_text = check_text(text)
             values.update(
-                text=new_text, embedding=self._embed([new_text])[0], content_hash=_content_hash(new_text)
+                text=self._seal(row_id, new_text, {})[0],
+                embedding=self._embed([new_text])[0],
+                content_hash=self._hash(new_text),
             )
         stmt = (
             sa.update(memories)
@@ -706,7 +767,8 @@ class MemoryAPI:
                 )
                 if len(rows) < min_group:
                     continue  # changed since we looked
-                texts = [r.text for r in rows]
+                opened = [self._open(r.id, r.text, dict(r.metadata)) for r in rows]
+                texts = [text for text, _ in opened]
                 if summarizer is None:
                     vectors = np.stack([np.asarray(r.embedding, dtype=np.float32) for r in rows])
                     summary = extractive_summary(texts, vectors, max_chars)
@@ -715,7 +777,7 @@ class MemoryAPI:
                 summary = check_text(summary, "summarizer result")
                 start = window_row.window_start
                 meta = {
-                    **shared_metadata([dict(r.metadata) for r in rows]),
+                    **shared_metadata([m for _, m in opened]),
                     "compressed": True,
                     "original_count": len(rows),
                     "window_start": start.isoformat(),
@@ -723,15 +785,17 @@ class MemoryAPI:
                     "source_ids": [str(r.id) for r in rows],
                 }
                 summary_id = uuid.uuid4()
+                sealed_text, sealed_meta = self._seal(summary_id, summary, clean_metadata(meta))
+                assert sealed_text is not None
                 write_memories(
                     conn,
                     self._collection.id,
                     MemoryRows(
                         ids=[summary_id],
-                        texts=[summary],
+                        texts=[sealed_text],
                         vectors=self._embed([summary]),
-                        metadatas=[clean_metadata(meta)],
-                        hashes=[_content_hash(summary)],
+                        metadatas=[sealed_meta],
+                        hashes=[self._hash(summary)],
                     ),
                     # A summary of memories that all expire lives as long as the last of them.
                     expires_at=None
@@ -789,9 +853,63 @@ class MemoryAPI:
         )
         with self._transaction() as conn:
             return [
-                DuplicatePair(str(r.id_a), str(r.id_b), float(r.similarity), r.text_a, r.text_b)
+                DuplicatePair(
+                    str(r.id_a),
+                    str(r.id_b),
+                    float(r.similarity),
+                    self._open(r.id_a, r.text_a, {})[0],
+                    self._open(r.id_b, r.text_b, {})[0],
+                )
                 for r in conn.execute(stmt)
             ]
+
+    def rotate_key(self, new_key: str | bytes | None, batch: int = 1000) -> int:
+        """Re-encrypt this collection's memories (of this tenant) under ``new_key``, in one transaction.
+
+        Values stored in plaintext are encrypted too (so this also turns encryption on for
+        existing data); ``new_key=None`` decrypts everything. The dedup hashes are recomputed
+        under the new key. Returns how many memories were rewritten; afterwards this object
+        uses the new key.
+        """
+        new = TextCipher(new_key) if new_key is not None else None
+        stmt = (
+            sa.select(memories.c.id, memories.c.text, memories.c.metadata)
+            .where(self._scope())
+            .order_by(memories.c.id)
+            .with_for_update()
+        )
+        update = (
+            sa.update(memories)
+            .where(memories.c.id == sa.bindparam("row_id"))
+            .values(
+                text=sa.bindparam("new_text"),
+                metadata=sa.bindparam("new_metadata"),
+                content_hash=sa.bindparam("new_hash"),
+            )
+        )
+        rewritten = 0
+        with self._transaction() as conn:
+            rows = list(conn.execute(stmt))
+            for start in range(0, len(rows), batch):
+                params = []
+                for row in rows[start : start + batch]:
+                    text, metadata = self._open(row.id, row.text, dict(row.metadata))
+                    sealed_text, sealed_meta = (
+                        self._seal(row.id, text, metadata, new) if new is not None else (text, metadata)
+                    )
+                    digest = new.content_hash(text) if new else hashlib.sha256(text.encode("utf-8")).digest()
+                    params.append(
+                        {
+                            "row_id": row.id,
+                            "new_text": sealed_text,
+                            "new_metadata": sealed_meta,
+                            "new_hash": digest,
+                        }
+                    )
+                conn.execute(update, params)
+                rewritten += len(params)
+        self._cipher = new
+        return rewritten
 
     def create_index(self, key: str, type: str = "text") -> str:
         """Create the btree expression index that range filters on metadata ``key`` use.
@@ -817,6 +935,8 @@ class MemoryAPI:
         """
         if group_by is None:
             return {"total": self.count(), "groups": {}}
+        if isinstance(group_by, str) and group_by.split(".")[0] in self.encrypted_metadata:
+            raise InvalidInput(f"metadata key {group_by!r} is encrypted and cannot be grouped by")
         stmt = group_count_query(self._where(None), group_by)
         with self._transaction() as conn:
             groups = fold_groups(conn.execute(stmt))

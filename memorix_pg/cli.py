@@ -446,5 +446,68 @@ def import_chroma_command(
         click.echo(f"{result.source} -> {result.target}: {result.imported} memories{extra}")
 
 
+@main.command("rotate-key")
+@click.option(
+    "--old-key",
+    envvar="MEMORIX_ENCRYPTION_KEY",
+    default=None,
+    help="Current key (default: $MEMORIX_ENCRYPTION_KEY; none if the data is not encrypted yet).",
+)
+@click.option(
+    "--new-key",
+    envvar="MEMORIX_NEW_ENCRYPTION_KEY",
+    default=None,
+    help="New key ($MEMORIX_NEW_ENCRYPTION_KEY).",
+)
+@click.option("--decrypt", is_flag=True, help="Store the data in plaintext again (no new key).")
+@click.option("--generate", is_flag=True, help="Only print a new random key.")
+@click.option("--encrypted-metadata", default="", help="Comma-separated metadata keys that are encrypted.")
+@click.option("--tenant", default=None, help="Tenant whose memories to rewrite.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def rotate_key(
+    old_key: str | None,
+    new_key: str | None,
+    decrypt: bool,
+    generate: bool,
+    encrypted_metadata: str,
+    tenant: str | None,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Re-encrypt a collection's texts under a new key, in one transaction.
+
+    Keys come from the environment so they stay out of the process list.
+
+    \b
+    Example:
+      export MEMORIX_NEW_ENCRYPTION_KEY=$(memorix-pg rotate-key --generate)
+      MEMORIX_ENCRYPTION_KEY=<old key> memorix-pg rotate-key --collection notes
+    """
+    from .api import MemoryAPI
+    from .crypto import generate_key
+
+    if generate:
+        click.echo(generate_key())
+        return
+    if new_key is None and not decrypt:
+        raise click.UsageError("give a new key ($MEMORIX_NEW_ENCRYPTION_KEY or --new-key), or --decrypt")
+    keys = tuple(k.strip() for k in encrypted_metadata.split(",") if k.strip())
+    api = MemoryAPI(
+        embedder=embedder,
+        collection_name=collection,
+        database_url=database_url,
+        tenant=tenant,
+        encryption_key=old_key,
+        encrypted_metadata=keys if old_key else (),
+    )
+    api.encrypted_metadata = keys
+    count = api.rotate_key(None if decrypt else new_key)
+    click.echo(f"rewrote {count} memories of {collection!r} under {'no key' if decrypt else 'the new key'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

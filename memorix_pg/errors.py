@@ -11,6 +11,7 @@ __all__ = [
     "CollectionNotFound",
     "ConfigurationError",
     "DatabaseUnavailable",
+    "DecryptionError",
     "EmbedderMismatch",
     "FilterError",
     "InvalidInput",
@@ -57,6 +58,10 @@ class EmbedderMismatch(MemorixError):
 
 class DatabaseUnavailable(MemorixError):
     """The PostgreSQL server cannot be reached; the message names the URL (password hidden)."""
+
+
+class DecryptionError(MemorixError):
+    """A stored value does not decrypt: the encryption key is wrong, or the data was altered."""
 
 
 class PermissionDenied(MemorixError):

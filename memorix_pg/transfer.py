@@ -51,10 +51,13 @@ def export_jsonl(
     written = 0
     with api._transaction() as conn:
         for row in conn.execution_options(yield_per=CHUNK).execute(stmt):
+            # Exported in plaintext (decrypted when the collection is encrypted): import
+            # encrypts again under whatever key the importing MemoryAPI holds.
+            text, metadata = api._open(row.id, row.text, dict(row.metadata))
             record = {
                 "id": str(row.id),
-                "text": row.text,
-                "metadata": row.metadata,
+                "text": text,
+                "metadata": metadata,
                 "embedding": [float(x) for x in np.asarray(row.embedding, dtype=np.float32)],
                 "created_at": row.created_at.isoformat(),
                 "expires_at": row.expires_at.isoformat() if row.expires_at else None,
