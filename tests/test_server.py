@@ -147,11 +147,11 @@ def test_memory_api_starts_an_embedded_server_in_the_data_dir(data_dir: Path) ->
     assert stop_embedded_server(data_dir) is True
     assert_stops(data_dir, status.pid)
     assert stop_embedded_server(data_dir) is False
-    with pytest.raises(DatabaseUnavailable):
-        api.count()
-    # The next MemoryAPI starts it again, and the data is still there.
-    assert MemoryAPI(embedder="hash").count() == 1
+    # The next call on the existing object starts it again, and the data is still there.
     assert api.count() == 1
+    restarted = embedded_server_status(data_dir)
+    assert restarted.running and restarted.pid != status.pid
+    assert MemoryAPI(embedder="hash").count() == 1
 
 
 def test_processes_share_one_server_and_the_last_one_stops_it(data_dir: Path, spawn) -> None:
