@@ -18,6 +18,12 @@ def group_count_query(where: sa.ColumnElement[bool], group_by: str) -> sa.Select
     """One GROUP BY over a metadata key (a dot path such as ``"source.kind"`` reaches inside)."""
     if not isinstance(group_by, str) or not group_by:
         raise InvalidInput(f"group_by must be a metadata key, got {group_by!r}")
+    try:
+        group_by.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"group_by {group_by!r} contains a lone surrogate") from None
+    if "\x00" in group_by:
+        raise InvalidInput(f"group_by {group_by!r} contains a NUL byte (\\x00)")
     key = memories.c.metadata.op("#>")(sa.cast(group_by.split("."), sa.ARRAY(sa.Text))).label("key")
     return (
         sa.select(key, sa.func.count().label("n"))

@@ -82,6 +82,7 @@ EMBED_BATCH = 128
 # collection's HNSW index and builds it once at the end (see MemoryAPI._deferred_index).
 DEFER_INDEX_MIN_ROWS = 5_000
 BULK_MAINTENANCE_MEM = "1GB"
+MAX_TOP_K = 2**31 - 1  # LIMIT takes a bigint; nothing sensible asks for more than int4
 INDEX_LOCK_SPACE = 0x6D656D  # first key of the advisory locks guarding a collection's index
 
 _prepared: set[str] = set()
@@ -121,7 +122,10 @@ def _expiry(ttl: timedelta | None) -> datetime | None:
         return None
     if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
         raise InvalidInput(f"ttl must be a positive timedelta, got {ttl!r}")
-    return datetime.now(UTC) + ttl
+    try:
+        return datetime.now(UTC) + ttl
+    except OverflowError:
+        raise InvalidInput(f"ttl {ttl!r} puts the expiry past the year 9999") from None
 
 
 def _first_new_positions(hashes: list[bytes], existing: dict[bytes, uuid.UUID]) -> list[int]:
@@ -311,8 +315,9 @@ class MemoryAPI:
 
     def _where(self, filter: Mapping[str, Any] | None) -> sa.ColumnElement[bool]:
         """This collection's live (not expired) memories of this tenant matching ``filter``."""
+        where = compile_filter(filter)  # first: it bounds the filter's depth for _check_filter_keys
         self._check_filter_keys(filter)
-        return sa.and_(self._scope(), live_predicate(), compile_filter(filter))
+        return sa.and_(self._scope(), live_predicate(), where)
 
     def _hash(self, text: str) -> bytes:
         """The content hash for dedup: keyed (HMAC) when texts are encrypted."""
@@ -422,8 +427,10 @@ class MemoryAPI:
         row_ids = (
             [parse_id(v, f"ids[{i}]") for i, v in enumerate(ids)] if ids else [uuid.uuid4() for _ in texts]
         )
-        if len(set(row_ids)) != len(row_ids):
-            raise InvalidInput("ids contains the same id more than once")
+        first: dict[uuid.UUID, int] = {}
+        for i, row_id in enumerate(row_ids):
+            if (j := first.setdefault(row_id, i)) != i:
+                raise InvalidInput(f"ids[{i}] repeats ids[{j}] ({row_id}): the same id more than once")
         hashes = [self._hash(t) for t in clean_texts]
         given_vectors = (
             np.stack(
@@ -628,8 +635,14 @@ class MemoryAPI:
         exact: bool | None,
         ef_search: int | None,
     ) -> tuple[list[Memory], SearchPlan]:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InvalidInput(f"top_k must be a positive int, got {top_k!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidInput(f"top_k must be an int from 1 to {MAX_TOP_K}, got {top_k!r}")
+        if ef_search is not None and (
+            isinstance(ef_search, bool) or not isinstance(ef_search, int) or ef_search < 1
+        ):
+            raise InvalidInput(f"ef_search must be a positive int or None, got {ef_search!r}")
+        if exact is not None and not isinstance(exact, bool):
+            raise InvalidInput(f"exact must be True, False or None, got {exact!r}")
         if query is not None and not isinstance(query, str):
             raise InvalidInput(f"query must be a str or None, got {type(query).__name__}")
         where = self._where(filter)

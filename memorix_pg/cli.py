@@ -38,6 +38,8 @@ def _json_option(value: str | None, what: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"{what} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer longer than Python parses (sys.get_int_max_str_digits)
+        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
 
 
 database_option = click.option(

@@ -71,6 +71,7 @@ import json
 import math
 import re
 import string
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,8 @@ TEXT_INDEX_PREFIX: Final = 500
 """Characters of a string value kept in the "text" index expression (4 bytes each at most, so an
 index row stays well under btree's ~2.7 kB limit)."""
 
+MAX_FILTER_DEPTH: Final = 64  # dicts and lists; metadata nests 32 deep at most
+MAX_JSONPATH: Final = 500_000  # characters of one jsonpath predicate (see _bounded)
 _MAX_CONTAINMENT_DEPTH: Final = 3  # 2**depth containment arms at most; deeper paths use jsonpath
 _MAX_INDEX: Final = 2**31 - 1  # jsonpath subscripts are int4; no array is longer anyway
 _INDEX_RE: Final = re.compile(r"0|[1-9][0-9]*")  # MongoDB matches parts against "0", "1", ... only
@@ -197,6 +200,13 @@ def normalize_value(value: Any, where: str = "") -> JSONValue:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
+        try:
+            int.__repr__(value)  # its JSON text; Python refuses ints over sys.get_int_max_str_digits()
+        except ValueError:
+            digits = sys.get_int_max_str_digits()
+            raise FilterError(
+                f"an integer of more than {digits} digits cannot be compared{_at(where)}"
+            ) from None
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -264,7 +274,22 @@ def parse(filter: Mapping[str, Any] | None) -> Node:
     """Validate a filter document and return its AST (``Const(True)`` for None / ``{}``)."""
     if filter is None:
         return Const(True)
+    _check_depth(filter)
     return _parse_doc(filter, "")
+
+
+def _check_depth(filter: object) -> None:
+    """Bound the nesting of dicts and lists before anything walks the filter recursively: a
+    deeper (or self-containing) one would exhaust Python's stack here or in SQLAlchemy."""
+    stack: list[tuple[object, int]] = [(filter, 0)]
+    while stack:  # depth first, so a cycle reaches the limit at once
+        node, depth = stack.pop()
+        if depth > MAX_FILTER_DEPTH:
+            raise FilterError(f"the filter nests deeper than {MAX_FILTER_DEPTH} levels of dicts and lists")
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def _parse_doc(doc: object, where: str) -> Node:
@@ -615,6 +640,18 @@ def _jp_and(parts: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else "(" + " && ".join(parts) + ")"
 
 
+def _bounded(pred: str) -> str:
+    """Each dotted-path level writes the rest of the path twice (objects and arrays; three times
+    with an index part), so a short filter could ask for gigabytes: refuse past MAX_JSONPATH.
+    Strings at least double per level, so the work done before refusing is bounded too."""
+    if len(pred) > MAX_JSONPATH:
+        raise FilterError(
+            f"the filter is too complex: its jsonpath would exceed {MAX_JSONPATH:,} characters "
+            "(a long dotted path with index parts, or deeply nested $elemMatch)"
+        )
+    return pred
+
+
 def _jp_not(pred: str) -> str:
     return f"!exists(@ ? ({pred}))"
 
@@ -636,14 +673,26 @@ class _JsonPath:
         if isinstance(node, Const):
             return _TRUE if node.value else _FALSE
         if isinstance(node, And):
-            return _jp_and([self.node(i, kind) for i in node.items])
+            return _bounded(_jp_and([self.node(i, kind) for i in node.items]))
         if isinstance(node, Or):
-            return _jp_or([self.node(i, kind) for i in node.items])
+            return _bounded(_jp_or([self.node(i, kind) for i in node.items]))
         if isinstance(node, Not):
             return _jp_not(self.node(node.item, kind))
-        return self.cond(node, kind)
+        return _bounded(self.cond(node, kind))
+
+    @staticmethod
+    def _matches_missing(cond: Cond) -> bool:
+        if cond.op == "eq":
+            return cond.arg is None
+        if cond.op == "in":
+            return any(v is None for v in cond.arg)
+        return False
 
     def cond(self, cond: Cond, kind: str) -> str:
+        if cond.path and self._access(kind, cond.path[0]) is None:
+            # An array seen as a document has no such key: only "missing" can match. Building phi
+            # here for nothing would double the work at every level of nested $elemMatch.
+            return self.missing(kind, cond.path) if self._matches_missing(cond) else _FALSE
         phi, expand, null_matches = self.phi(cond)
         if not cond.path:
             return phi
@@ -716,7 +765,7 @@ class _JsonPath:
         acc = self._access(kind, parts[0])
         if acc is None:
             return _FALSE
-        return f"exists({acc} ? ({self._step(parts[1:], phi, expand)}))"
+        return _bounded(f"exists({acc} ? ({self._step(parts[1:], phi, expand)}))")
 
     def _step(self, rest: Path, phi: str, expand: bool) -> str:
         if not rest:  # "@" is the value at the end of the path
@@ -754,7 +803,7 @@ class _JsonPath:
             f" || ({_IS_ARR} && {self._array_missing(rest)})"
             f' || (@.type() != "object" && @.type() != "array"))'
         )
-        return f"({absent} || exists({acc} ? ({inner})))"
+        return _bounded(f"({absent} || exists({acc} ? ({inner})))")
 
     def _array_missing(self, parts: Path) -> str:
         out = [f"exists(@[*] ? ({_IS_OBJ} && {self.missing('object', parts)}))"]

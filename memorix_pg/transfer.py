@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from .errors import ConfigurationError, InvalidInput
 from .models import memories
+from .validation import check_embedding, check_text, check_timestamp, clean_metadata, parse_id
 
 if TYPE_CHECKING:
     from .api import MemoryAPI
@@ -73,6 +74,7 @@ def export_jsonl(
 
 @dataclass(frozen=True)
 class _Line:
+    number: int
     text: str
     metadata: dict[str, Any] | None
     id: str | None
@@ -83,28 +85,34 @@ class _Line:
 def _parse_lines(path: Path) -> list[_Line]:
     """Read and check every line first, so a bad line fails the import before anything is written."""
     lines: list[_Line] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise InvalidInput(f"{path}:{number}: each line must be an object with a 'text' string")
-            unknown = set(record) - {"id", "text", "metadata", "embedding", "created_at", "expires_at"}
-            if unknown:
-                raise InvalidInput(f"{path}:{number}: unknown field(s) {sorted(unknown)}")
-            lines.append(
-                _Line(
-                    text=record["text"],
-                    metadata=record.get("metadata"),
-                    id=record.get("id"),
-                    embedding=record.get("embedding"),
-                    created_at=record.get("created_at"),
-                )
+    try:
+        raw_lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for number, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        except ValueError as exc:  # e.g. an integer longer than Python parses
+            raise InvalidInput(f"{path}:{number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InvalidInput(f"{path}:{number}: each line must be an object with a 'text' string")
+        unknown = set(record) - {"id", "text", "metadata", "embedding", "created_at", "expires_at"}
+        if unknown:
+            raise InvalidInput(f"{path}:{number}: unknown field(s) {sorted(unknown)}")
+        lines.append(
+            _Line(
+                number=number,
+                text=record["text"],
+                metadata=record.get("metadata"),
+                id=record.get("id"),
+                embedding=record.get("embedding"),
+                created_at=record.get("created_at"),
             )
+        )
     return lines
 
 
@@ -119,18 +127,15 @@ def import_jsonl(api: MemoryAPI, path: str | Path, progress: bool = False) -> in
     if not source.is_file():
         raise InvalidInput(f"no such file: {source}")
     lines = _parse_lines(source)
+    _check_lines(api, source, lines)
     bar = _progress(progress, "importing", len(lines))
     stored = 0
     for chunk in _chunks(lines, CHUNK):
-        with_embeddings = [line.embedding is not None for line in chunk]
-        if any(with_embeddings) and not all(with_embeddings):
-            # One store_batch takes embeddings for all items or none: split the chunk.
-            parts = [
-                [ln for ln in chunk if ln.embedding is not None],
-                [ln for ln in chunk if ln.embedding is None],
-            ]
-        else:
-            parts = [chunk]
+        # One store_batch takes embeddings (and created_at) for all items or none: split the chunk.
+        groups: dict[tuple[bool, bool], list[_Line]] = {}
+        for line in chunk:
+            groups.setdefault((line.embedding is not None, line.created_at is not None), []).append(line)
+        parts = list(groups.values())
         for part in parts:
             if part:
                 stored += _store_lines(api, part)
@@ -141,18 +146,37 @@ def import_jsonl(api: MemoryAPI, path: str | Path, progress: bool = False) -> in
     return stored
 
 
+def _check_lines(api: MemoryAPI, path: Path, lines: list[_Line]) -> None:
+    """Every check store_batch makes, on every line, before the first chunk is written."""
+    seen: dict[uuid.UUID, int] = {}
+    for line in lines:
+        where = f"{path}:{line.number}:"
+        check_text(line.text, f"{where} text")
+        clean_metadata(line.metadata, f"{where} metadata")
+        if line.id is not None:
+            row_id = parse_id(line.id, f"{where} id")
+            if (first := seen.setdefault(row_id, line.number)) != line.number:
+                raise InvalidInput(f"{where} id {row_id} is also on line {first}")
+        if line.embedding is not None:
+            check_embedding(line.embedding, api.embedder.dim, f"{where} embedding")
+        if line.created_at is not None:
+            check_timestamp(line.created_at, f"{where} created_at")
+
+
 def _store_lines(api: MemoryAPI, part: list[_Line]) -> int:
-    ids = [ln.id for ln in part]
-    given_ids = all(i is not None for i in ids)
-    times = [ln.created_at for ln in part]
+    ids: list[Any] | None = [ln.id for ln in part]
+    if all(i is None for i in ids or ()):
+        ids = None
+    else:  # lines without an id get a new one; the others keep theirs
+        ids = [i if i is not None else str(uuid.uuid4()) for i in ids or ()]
     vectors: list[Any] = [ln.embedding for ln in part]
-    stamps: list[Any] = times
+    stamps: list[Any] = [ln.created_at for ln in part]
     api.store_batch(
         [ln.text for ln in part],
         [ln.metadata for ln in part],
-        ids=[i for i in ids if i is not None] if given_ids else None,
+        ids=ids,
         embeddings=vectors if part[0].embedding is not None else None,
-        created_at=stamps if all(t is not None for t in times) else None,
+        created_at=stamps if part[0].created_at is not None else None,
     )
     return len(part)
 

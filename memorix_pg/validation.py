@@ -7,6 +7,7 @@ item in a batch fails the whole call before a single row is written.
 from __future__ import annotations
 
 import math
+import sys
 import uuid
 from collections.abc import Mapping, Sequence, Sized
 from datetime import date, datetime
@@ -55,12 +56,33 @@ def check_text(text: object, where: str = "text") -> str:
     return text
 
 
+def _unencodable(text: str) -> bool:
+    """A lone surrogate: not UTF-8, so neither PostgreSQL nor JSON can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _clean(value: Any, path: str, depth: int) -> Any:
     if depth > MAX_METADATA_DEPTH:
         raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels at {path!r}")
-    if value is None or isinstance(value, bool | int | str):
-        if isinstance(value, str) and "\x00" in value:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)  # its JSON text; Python refuses ints over sys.get_int_max_str_digits()
+        except ValueError:
+            raise InvalidInput(
+                f"metadata value at {path!r} is an integer of more than {sys.get_int_max_str_digits()} digits"
+            ) from None
+        return int(value)
+    if isinstance(value, str):
+        if "\x00" in value:
             raise InvalidInput(f"metadata value at {path!r} contains a NUL byte (\\x00)")
+        if _unencodable(value):
+            raise InvalidInput(f"metadata value at {path!r} contains a lone surrogate and is not valid UTF-8")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -77,6 +99,8 @@ def _clean(value: Any, path: str, depth: int) -> Any:
                 raise InvalidInput(f"metadata key {key!r} at {path!r} is not a str")
             if "\x00" in key:
                 raise InvalidInput(f"metadata key at {path!r} contains a NUL byte (\\x00)")
+            if _unencodable(key):
+                raise InvalidInput(f"metadata key {key!r} at {path!r} contains a lone surrogate")
             out[key] = _clean(item, f"{path}.{key}" if path else key, depth + 1)
         return out
     if isinstance(value, list | tuple):
@@ -116,7 +140,8 @@ def parse_id(value: object, where: str = "id") -> uuid.UUID:
 def check_embedding(value: object, dim: int, where: str = "embedding") -> npt.NDArray[np.float32]:
     """A finite float vector of exactly ``dim`` values."""
     try:
-        array = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value too large for float32 becomes inf, rejected below
+            array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         raise InvalidInput(f"{where} is not a sequence of numbers") from None
     if array.ndim != 1:
@@ -145,9 +170,16 @@ def check_timestamp(value: object, where: str) -> datetime:
 def check_tenant(tenant: object) -> str | None:
     if tenant is None:
         return None
-    if not isinstance(tenant, str) or not tenant or "\x00" in tenant or len(tenant) > MAX_COLLECTION_NAME:
+    if (
+        not isinstance(tenant, str)
+        or not tenant
+        or "\x00" in tenant
+        or len(tenant) > MAX_COLLECTION_NAME
+        or _unencodable(tenant)
+    ):
         raise InvalidInput(
-            f"tenant must be a non-empty str of at most {MAX_COLLECTION_NAME} characters without NUL, "
+            f"tenant must be a non-empty str of at most {MAX_COLLECTION_NAME} characters without NUL "
+            "or lone surrogates, "
             f"got {tenant!r:.80}"
         )
     return tenant
@@ -158,6 +190,8 @@ def check_collection_name(name: object) -> str:
         raise InvalidInput(f"collection_name must be a non-empty str, got {name!r}")
     if "\x00" in name:
         raise InvalidInput("collection_name contains a NUL byte (\\x00)")
+    if _unencodable(name):
+        raise InvalidInput(f"collection_name {name!r:.80} contains a lone surrogate and is not valid UTF-8")
     if len(name) > MAX_COLLECTION_NAME:
         raise InvalidInput(f"collection_name is {len(name)} characters; the limit is {MAX_COLLECTION_NAME}")
     return name
@@ -165,5 +199,7 @@ def check_collection_name(name: object) -> str:
 
 def check_batch_lengths(texts: Sequence[Any], **others: Sized | None) -> None:
     for label, seq in others.items():
+        if seq is not None and not isinstance(seq, Sized):
+            raise InvalidInput(f"{label} must be a list with one item per text, got {type(seq).__name__}")
         if seq is not None and len(seq) != len(texts):
             raise InvalidInput(f"{label} has {len(seq)} items but texts has {len(texts)}")

@@ -199,7 +199,8 @@ def rebuild_vector_index_concurrently(conn: Connection, info: CollectionInfo, ma
     try:
         create_vector_index(conn, info, concurrently=True)
     finally:
-        conn.execute(sa.text("RESET maintenance_work_mem"))
+        if not conn.invalidated:  # the server died mid-build: let its error through, not PendingRollbackError
+            conn.execute(sa.text("RESET maintenance_work_mem"))
     conn.exec_driver_sql(
         sql.SQL("ANALYZE {}")
         .format(sql.Identifier(SCHEMA, "memories"))
