@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, ProgrammingError
 
 from .analytics import fold_groups, group_count_query
 from .cache import CacheInfo, EmbeddingCache
@@ -71,6 +71,7 @@ from .vector_index import (
     rebuild_vector_index_concurrently,
     score_from_distance,
     typed_embedding,
+    vector_index_state,
 )
 
 __all__ = ["VECTOR_STORES", "MemoryAPI"]
@@ -222,6 +223,7 @@ class MemoryAPI:
                 distance=distance,
                 precision=precision,
             )
+            self._repair_vector_index()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -270,7 +272,26 @@ class MemoryAPI:
             if not (self.embedded and lost_connection(exc)):
                 raise
         ensure_embedded_server(self._data_dir)
+        self._repair_vector_index()
         return self._engine.connect()
+
+    def _repair_vector_index(self) -> None:
+        """Rebuild the collection's HNSW index if a crash during a deferred load left it missing
+        or invalid (and no loader holds it now). Searches stay exact and correct meanwhile."""
+        info = self._collection
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+            if vector_index_state(admin, info) == "valid":
+                return
+            if not admin.execute(sa.select(sa.func.pg_try_advisory_lock(INDEX_LOCK_SPACE, info.id))).scalar():
+                return
+            try:
+                rebuild_vector_index_concurrently(admin, info, BULK_MAINTENANCE_MEM)
+            except ProgrammingError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "42501":  # an app role may not build it
+                    raise
+            finally:
+                if not admin.invalidated:
+                    admin.execute(sa.select(sa.func.pg_advisory_unlock(INDEX_LOCK_SPACE, info.id)))
 
     def _embed_uncached(self, texts: list[str]) -> npt.NDArray[np.float32]:
         vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
@@ -707,6 +728,8 @@ class MemoryAPI:
         if filter is None:
             raise FilterError("archive needs a filter; pass {} to archive the whole collection")
         target_name = check_collection_name(to)
+        with self._db_errors():
+            self._connect().close()  # restarts a dead embedded server before the catalog is read
         if target_name == self.collection_name:
             raise InvalidInput(f"cannot archive collection {to!r} into itself")
         where = self._where(filter)

