@@ -49,10 +49,8 @@ def check_text(text: object, where: str = "text") -> str:
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > MAX_TEXT_BYTES:
         raise InvalidInput(f"{where} is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(f"{where} contains a lone surrogate and is not valid UTF-8") from None
+    if _unencodable(text):
+        raise InvalidInput(f"{where} contains a lone surrogate and is not valid UTF-8")
     return text
 
 
