@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import psutil
 import psycopg
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +135,25 @@ def postgres_processes(pgdata: Path) -> list[psutil.Process]:
 
 
 # -- hostile-input tests (tests/test_hostile.py) ------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_data_dir(prefix: str) -> Iterator[Path]:
+    """An empty MEMORIX_DATA_DIR (and no MEMORIX_DATABASE_URL) for an embedded server of its own;
+    the server is stopped afterwards and no postgres process may outlive it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEMORIX_DATA_DIR", str(path))
+        mp.delenv("MEMORIX_DATABASE_URL", raising=False)
+        yield path
+    from memorix_pg.server import stop_embedded_server
+
+    stop_embedded_server(path)
+    leftovers = postgres_processes(path / "pgdata")
+    for proc in leftovers:
+        proc.kill()
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftovers, f"postgres outlived the test: {leftovers}"
 
 
 def db_fingerprint(url: str) -> tuple[Any, ...]:

@@ -11,18 +11,15 @@ tests/foundation_helpers.py (LOAD_WORKER, run_load, verify_load).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from memorix_pg import MemoryAPI
-from memorix_pg.server import stop_embedded_server
 from tests.foundation_helpers import (
     load_inconsistencies,
-    postgres_processes,
+    private_data_dir,
     python_env,
     run_load,
     sql_rows,
@@ -36,17 +33,8 @@ STORES = 150
 @pytest.fixture(scope="module")
 def load_dir() -> Iterator[Path]:
     """A private embedded server (MEMORIX_DATA_DIR) for the load, stopped afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="mx-load-"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEMORIX_DATA_DIR", str(path))
-        mp.delenv("MEMORIX_DATABASE_URL", raising=False)
+    with private_data_dir("mx-load-") as path:
         yield path
-    stop_embedded_server(path)
-    leftovers = postgres_processes(path / "pgdata")
-    for proc in leftovers:
-        proc.kill()
-    shutil.rmtree(path, ignore_errors=True)
-    assert not leftovers, f"postgres outlived the load test: {leftovers}"
 
 
 @pytest.fixture(scope="module")

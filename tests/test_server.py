@@ -23,7 +23,7 @@ from memorix_pg import ConfigurationError, DatabaseUnavailable, MemoryAPI, Pgvec
 from memorix_pg.server import embedded_server_status, ensure_embedded_server, stop_embedded_server
 from tests.foundation_helpers import (
     pid_alive,
-    postgres_processes,
+    private_data_dir,
     run_python,
     spawn_python,
     sql_value,
@@ -101,18 +101,10 @@ def assert_stops(data_dir: Path, postmaster: int) -> None:
 
 
 @pytest.fixture
-def data_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def data_dir() -> Iterator[Path]:
     """An empty MEMORIX_DATA_DIR, no MEMORIX_DATABASE_URL; the server is stopped afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="mx-srv-"))
-    monkeypatch.setenv("MEMORIX_DATA_DIR", str(path))
-    monkeypatch.delenv("MEMORIX_DATABASE_URL", raising=False)
-    yield path
-    stop_embedded_server(path)
-    leftovers = postgres_processes(path / "pgdata")
-    for proc in leftovers:
-        proc.kill()
-    shutil.rmtree(path, ignore_errors=True)
-    assert not leftovers, f"postgres outlived the test: {leftovers}"
+    with private_data_dir("mx-srv-") as path:
+        yield path
 
 
 @pytest.fixture
