@@ -49,7 +49,7 @@ from .lifecycle import (
 from .memory import Memory
 from .migrate import current_revision, head_revision, upgrade
 from .models import memories
-from .search import SearchPlan, search
+from .search import SearchPlan, bounded_count, search
 from .server import ensure_embedded_server
 from .validation import (
     check_batch_lengths,
@@ -140,6 +140,11 @@ def _first_new_positions(hashes: list[bytes], existing: dict[bytes, uuid.UUID]) 
     return keep
 
 
+def _content_hash(text: str, cipher: TextCipher | None) -> bytes:
+    """The dedup hash: SHA-256, or an HMAC under the key when texts are encrypted."""
+    return cipher.content_hash(text) if cipher else hashlib.sha256(text.encode("utf-8")).digest()
+
+
 def _field_paths(filter: object) -> Iterator[str]:
     """The field paths a filter document names, through $and/$or/$nor/$not."""
     if isinstance(filter, Mapping):
@@ -151,12 +156,6 @@ def _field_paths(filter: object) -> Iterator[str]:
     elif isinstance(filter, list | tuple):
         for item in filter:
             yield from _field_paths(item)
-
-
-def _bounded_count(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> int:
-    """``min(count, limit)``: stops reading once ``limit`` rows matched."""
-    inner = sa.select(sa.literal(1)).select_from(memories).where(where).limit(limit).subquery()
-    return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
 
 
 def _positive_timedelta(value: object, name: str) -> timedelta:
@@ -342,9 +341,7 @@ class MemoryAPI:
 
     def _hash(self, text: str) -> bytes:
         """The content hash for dedup: keyed (HMAC) when texts are encrypted."""
-        return (
-            self._cipher.content_hash(text) if self._cipher else hashlib.sha256(text.encode("utf-8")).digest()
-        )
+        return _content_hash(text, self._cipher)
 
     def _seal(
         self, row_id: uuid.UUID, text: str | None, metadata: dict[str, Any], cipher: TextCipher | None = None
@@ -533,7 +530,7 @@ class MemoryAPI:
             yield
             return
         with self._transaction() as conn:
-            defer = _bounded_count(conn, collection_predicate(info), incoming) < incoming
+            defer = bounded_count(conn, collection_predicate(info), incoming) < incoming
         if not defer:
             yield
             return
@@ -611,7 +608,9 @@ class MemoryAPI:
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
         """How many memories match ``filter`` (all of the collection's without one): one COUNT."""
-        where = self._where(filter)
+        return self._count(self._where(filter))
+
+    def _count(self, where: sa.ColumnElement[bool]) -> int:
         with self._transaction() as conn:
             return int(
                 conn.execute(sa.select(sa.func.count()).select_from(memories).where(where)).scalar_one()
@@ -694,23 +693,18 @@ class MemoryAPI:
 
     def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None = None) -> int:
         """Delete memories stored more than ``older_than`` ago (and matching ``filter``): one DELETE."""
-        age = _positive_timedelta(older_than, "older_than")
-        where = sa.and_(
-            self._where(filter), memories.c.created_at < sa.func.now() - sa.cast(age, sa.Interval())
-        )
         with self._transaction() as conn:
-            return int(conn.execute(sa.delete(memories).where(where)).rowcount)
+            return int(conn.execute(sa.delete(memories).where(self._older_than(older_than, filter))).rowcount)
 
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None = None) -> int:
         """What ``cleanup`` would delete (for a dry run)."""
+        return self._count(self._older_than(older_than, filter))
+
+    def _older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> sa.ColumnElement[bool]:
         age = _positive_timedelta(older_than, "older_than")
-        where = sa.and_(
+        return sa.and_(
             self._where(filter), memories.c.created_at < sa.func.now() - sa.cast(age, sa.Interval())
         )
-        with self._transaction() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.count()).select_from(memories).where(where)).scalar_one()
-            )
 
     def purge_expired(self) -> int:
         """Delete this collection's memories whose TTL has passed."""
@@ -744,7 +738,7 @@ class MemoryAPI:
             )
         check_compatible(target, self.embedder.name, self.embedder.dim)
         with self._transaction() as conn:
-            moving = _bounded_count(conn, where, DEFER_INDEX_MIN_ROWS)
+            moving = bounded_count(conn, where, DEFER_INDEX_MIN_ROWS)
         # Moving many rows into a small target: rebuilding its index once beats inserting
         # each row into it (measured: 4.3 s vs 0.2 s + 1.2 s for 6k rows).
         with self._index_deferred(target, moving), self._transaction() as conn:
@@ -933,7 +927,7 @@ class MemoryAPI:
                     sealed_text, sealed_meta = (
                         self._seal(row.id, text, metadata, new) if new is not None else (text, metadata)
                     )
-                    digest = new.content_hash(text) if new else hashlib.sha256(text.encode("utf-8")).digest()
+                    digest = _content_hash(text, new)
                     params.append(
                         {
                             "row_id": row.id,

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from .models import memories
 from .vector_index import CollectionInfo, distance_expression
 
-__all__ = ["EXACT_LIMIT", "SearchPlan", "search"]
+__all__ = ["EXACT_LIMIT", "SearchPlan", "bounded_count", "search"]
 
 # Exact over 10,000 rows costs ~15 ms on 2 cores; the index walk ~1–7 ms at any size.
 EXACT_LIMIT = 10_000
@@ -46,7 +46,8 @@ class SearchPlan:
     ef_search: int | None = None
 
 
-def _bounded_count(conn: Connection, where: ColumnElement[bool], limit: int) -> int:
+def bounded_count(conn: Connection, where: ColumnElement[bool], limit: int) -> int:
+    """``min(count, limit + 1)``: stops reading once more than ``limit`` rows matched."""
     inner = sa.select(sa.literal(1)).select_from(memories).where(where).limit(limit + 1).subquery()
     return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
 
@@ -110,7 +111,7 @@ def search(
         return _exact(conn, info, where, query, k), SearchPlan("exact", "forced by exact=True", None)
     counted: int | None = None
     if exact is None:
-        counted = _bounded_count(conn, where, EXACT_LIMIT)
+        counted = bounded_count(conn, where, EXACT_LIMIT)
         if counted <= EXACT_LIMIT:
             plan = SearchPlan("exact", f"{counted} memories match (<= {EXACT_LIMIT}): exact scan", counted)
             return _exact(conn, info, where, query, k), plan
