@@ -744,7 +744,8 @@ def main() -> None:
     ap.add_argument(
         "--shared-buffers",
         default="1GB",
-        help="shared_buffers of the temporary embedded server ('' keeps its 128MB default)",
+        help="shared_buffers of the temporary embedded server ('' keeps what memorix-pg sets for a new "
+        "data dir: a quarter of the RAM, at most 1GB)",
     )
     ap.add_argument("--out", default="search", help="results file stem in benchmarks/results")
     args = ap.parse_args()
@@ -893,9 +894,8 @@ def main() -> None:
         "execute on an open connection, Chroma through collection.query.",
         "pgvector is used as most code does: default HNSW settings (ef_search 40), no iterative scan; its "
         "short results at selective filters are the post-filtering problem the memorix planner avoids.",
-        "memorix remembers a probe's plan per filter (SQL and values) for 10 s: cells whose filters repeat "
-        "(eq, user: few distinct values) mostly skip the probe; range/and/or draw fresh bounds per query, "
-        "so each of their queries pays the probe.",
+        "memorix probes every search: a sample of ~128-256 rows of the collection (a content-hash "
+        "window) counted with and without the filter, which sets the path and ef_search.",
         "The temporary embedded server runs with shared_buffers = --shared-buffers (default 1GB; the "
         "embedded default of 128MB holds less than the ~850 MB both Postgres tables and their indexes "
         "take, and reads through PostgreSQL 18's I/O workers then cost 2-4x on every query).",

@@ -1,15 +1,54 @@
-"""Similarity search: choose between an exact scan of the matching rows and the HNSW index.
+"""Similarity search: an exact scan of the matching rows, or the collection's HNSW index.
 
-HNSW with a WHERE clause drops rows that the filter rejects *after* the index walk, so a
-selective filter returns too few rows (measured: 3.7 of 10 at 10% selectivity). Exact
-distance over the matching rows costs about 0.25 ms + 1.5 µs per row, so when few rows
-match it is both exact and fast. The planner counts matches up to ``EXACT_LIMIT`` (a bounded
-count: it stops early) and scans exactly below it; above it, it walks the index with
-pgvector's iterative scan and falls back to the exact scan if the index came back short.
+Why a planner: HNSW with a WHERE clause filters *after* the graph walk, so a selective filter
+returns too few rows (measured: 3.7 of 10 at 10% selectivity). pgvector's iterative scan keeps
+walking until it has enough rows but still loses recall when few graph elements match, while
+an exact scan of the matching rows (found through the btree/GIN indexes) is exact and costs
+about a microsecond per matching row. What decides is how many rows match, and which fraction
+of the HNSW graph (dead elements included) they are.
+
+A search runs two statements in one transaction:
+
+1. **The probe** counts, in a *sample* of the collection, all rows and the matching ones. The
+   sample is the rows whose ``content_hash`` (SHA-256: uniform and independent of the
+   metadata) lies in a window of the hash space sized to hold ``SAMPLE_ROWS`` to twice that,
+   read through the ``(collection_id, content_hash)`` btree: 0.1-0.3 ms at any collection
+   size. (A bounded count costs up to its bound on unselective filters, 3 ms for 10,000 rows;
+   PostgreSQL's own estimate for ``metadata @> ...`` comes from 100 sampled documents.) The
+   graph size is the larger of the live rows and the HNSW index's ``reltuples``, which counts
+   dead elements until VACUUM: right after a large delete the planner sees the lower
+   selectivity at once. The same statement sets the index walk's settings for the transaction
+   (``set_config(..., true)``), with ``ef_search`` computed from the sample.
+2. **The exact scan** when at most ``EXACT_ROWS`` rows match or fewer than ``S_MIN`` of the
+   graph; else **the index walk**, pgvector's iterative scan (``relaxed_order``) with the filter
+   applied during the walk, fetching ``HNSW_OVERFETCH * k`` matches and keeping the nearest k.
+   If the walk returns fewer than k rows, the exact scan runs: a search never returns fewer
+   than ``min(k, matches)``.
+
+Thresholds, measured with benchmarks/search.py's data (clustered 384-d vectors whose
+neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
+
+* Recall@10 of the filtered iterative scan by the fraction ``s`` of graph elements matching
+  (uncorrelated filters, 100k): 20%: 0.995 at ef 100; 10%: 0.990 at ef 100, 0.997 at ef 400;
+  5%: 0.988-0.990 at ef 100-400; 2% and 1%: 0.95 at every ef from 100 to 400. Filters tied to
+  the vectors (a user's memories cluster in their topics; 8% of rows): 0.989-0.995 at ef 500
+  fetching 2k-4k matches. Hence ``S_MIN`` = 5%, ``ef_search = EF_PER_SELECTIVITY / s`` and
+  fetching 3k matches.
+* Unfiltered recall@10 at 100k: ef 100: 0.985 (single queries trapped away from their
+  neighbours), 150: 0.995, 200: 0.998; at 20k, ef 100: 0.997. Hence the floor
+  ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 12.5k elements, 283 at 100k.
+* Cost: the walk ~0.15 ms + ~1.8 µs per unit of ef_search; the exact scan ~0.03 ms + 1.0-2.5 µs
+  per matching row. Up to ``EXACT_ROWS`` matches (about a millisecond) the scan is always
+  exact, so small collections and selective filters get exact results.
+
+The crossover is a fraction of the graph (for recall) and a row count (for cost), not a count
+fitted at one size; benchmarks/prototypes/scaling.md has the plan for 1M+ memories.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,31 +58,54 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement
 from sqlalchemy.engine import Connection
 
-from .models import memories
-from .vector_index import CollectionInfo, distance_expression
+from .models import SCHEMA, memories
+from .vector_index import CollectionInfo, collection_predicate, distance_expression, index_name
 
-__all__ = ["EXACT_LIMIT", "SearchPlan", "bounded_count", "search"]
+__all__ = [
+    "EF_MAX",
+    "EF_MIN",
+    "EF_PER_SELECTIVITY",
+    "EXACT_ROWS",
+    "SAMPLE_ROWS",
+    "S_MIN",
+    "SearchPlan",
+    "bounded_count",
+    "search",
+]
 
-# Exact over 10,000 rows costs ~15 ms on 2 cores; the index walk ~1–7 ms at any size.
-EXACT_LIMIT = 10_000
-MIN_EF_SEARCH = 100
+# -- thresholds (measured; see the module docstring) ------------------------------------------
+S_MIN = 0.05  # HNSW only when at least this fraction of the graph's elements match
+EXACT_ROWS = 1000  # at most this many matches are always ranked exactly
+EF_PER_SELECTIVITY = 50.0  # ef_search = 50 / s: 500 at 10%, 1000 (the maximum) at 5%
+EF_MIN = 100  # the floor up to EF_MIN_ROWS graph elements, growing with sqrt(size) past it
+EF_MIN_ROWS = 50_000
+EF_FLOOR_MAX = 500
+EF_MAX = 1000  # pgvector's upper limit for hnsw.ef_search
+SAMPLE_ROWS = 128  # the sample holds SAMPLE_ROWS..2*SAMPLE_ROWS rows (or the whole collection)
+HNSW_OVERFETCH = 3  # relaxed order returns matches roughly by distance: fetch 3k, keep k
+MAX_SCAN_TUPLES = 20_000  # pgvector's default, set so a server-wide change cannot end scans early
 
-_RESULT_COLUMNS = (
-    memories.c.id,
-    memories.c.text,
-    memories.c.metadata,
-    memories.c.created_at,
-)
+_RESULT_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
+_pg_class = sa.table("pg_class", sa.column("oid"), sa.column("reltuples"), schema="pg_catalog")
 
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """Which path ran, and why (returned by ``MemoryAPI.explain_retrieve``)."""
+    """Which path ran, and why (returned by ``MemoryAPI.explain_retrieve``).
 
-    path: str  # "exact" or "hnsw"
+    ``matches_counted`` is the exact number of matches when the exact scan ran (it counts them
+    as it ranks them). ``matches_estimated`` and ``selectivity`` (matches per HNSW graph
+    element, dead ones included) come from the probe's sample of ``sample_rows`` rows (the
+    whole collection when it is small, and the estimate is then a count).
+    """
+
+    path: str  # "exact", "hnsw" or "recent"
     reason: str
     matches_counted: int | None
     ef_search: int | None = None
+    matches_estimated: int | None = None
+    selectivity: float | None = None
+    sample_rows: int | None = None
 
 
 def bounded_count(conn: Connection, where: ColumnElement[bool], limit: int) -> int:
@@ -52,43 +114,152 @@ def bounded_count(conn: Connection, where: ColumnElement[bool], limit: int) -> i
     return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
 
 
+# -- the sample window, per collection --------------------------------------------------------
+
+_window_bits: dict[tuple[str, int], int] = {}
+_window_lock = threading.Lock()
+
+
+def _bits_for(rows: float) -> int:
+    """Window bits for ``rows`` rows: a sample of SAMPLE_ROWS..2*SAMPLE_ROWS rows, or all of them."""
+    return math.floor(math.log2(rows / SAMPLE_ROWS)) if rows >= 2 * SAMPLE_ROWS else 0
+
+
+def _window_key(conn: Connection, info: CollectionInfo) -> tuple[str, int]:
+    return conn.engine.url.render_as_string(hide_password=True), info.id
+
+
+def _reltuples(info: CollectionInfo) -> sa.ScalarSelect[Any]:
+    """The HNSW index's element count at its last build or VACUUM (dead elements included)."""
+    qualified = f"{SCHEMA}.{index_name(info)}"
+    return (
+        sa.select(sa.func.greatest(sa.func.max(_pg_class.c.reltuples), 0.0))
+        .where(_pg_class.c.oid == sa.func.to_regclass(qualified))
+        .scalar_subquery()
+    )
+
+
+def _window(conn: Connection, info: CollectionInfo) -> int:
+    key = _window_key(conn, info)
+    with _window_lock:
+        bits = _window_bits.get(key)
+    if bits is None:  # first search of this collection in this process
+        bits = _bits_for(float(conn.execute(sa.select(_reltuples(info))).scalar() or 0))
+        with _window_lock:
+            _window_bits[key] = bits
+    return bits
+
+
+def _resize(conn: Connection, info: CollectionInfo, bits: int, sampled: int) -> None:
+    """Keep the sample near SAMPLE_ROWS rows as the collection grows or shrinks."""
+    if sampled >= 2 * SAMPLE_ROWS or (bits > 0 and sampled < SAMPLE_ROWS // 2):
+        with _window_lock:
+            _window_bits[_window_key(conn, info)] = _bits_for(sampled * 2.0**bits)
+
+
+# -- the statements ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Probe:
+    sampled: int  # rows in the sample
+    hits: int  # matching rows in the sample
+    fraction: float  # of the collection the sample covers
+    reltuples: float
+    ef: int
+
+    @property
+    def whole(self) -> bool:
+        return self.fraction == 1.0
+
+    @property
+    def estimated(self) -> int:
+        return round(self.hits / self.fraction)
+
+    @property
+    def graph(self) -> float:
+        return max(self.reltuples, self.sampled / self.fraction, 1.0)
+
+    @property
+    def selectivity(self) -> float:
+        return self.estimated / self.graph
+
+
+def _probe(
+    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], k: int, ef_search: int | None
+) -> _Probe:
+    """Sample counts, and the index walk's settings for this transaction (ef from the sample)."""
+    bits = _window(conn, info)
+    scope = collection_predicate(info)
+    if bits > 0:
+        bound = (1 << (64 - bits)).to_bytes(8, "big")
+        scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", bound, type_=sa.LargeBinary))
+    sample = (
+        sa.select(
+            sa.func.count().label("n"),
+            sa.func.count().filter(where).label("hits"),
+            _reltuples(info).label("reltuples"),
+        )
+        .where(scope)
+        .subquery("sample")
+    )
+    fraction = 2.0**-bits
+    if ef_search is not None:
+        ef: ColumnElement[Any] = sa.literal(min(EF_MAX, max(ef_search, k)))
+    else:
+        graph = sa.func.greatest(sample.c.reltuples, sample.c.n / fraction, 1.0)
+        floor = sa.func.least(EF_FLOOR_MAX, sa.func.round(EF_MIN * sa.func.sqrt(graph / EF_MIN_ROWS)))
+        by_selectivity = sa.func.ceil(
+            EF_PER_SELECTIVITY * graph / sa.func.greatest(sample.c.hits / fraction, 1.0)
+        )
+        ef = sa.cast(
+            sa.func.least(EF_MAX, sa.func.greatest(max(EF_MIN, 2 * k), floor, by_selectivity)), sa.Integer
+        )
+    settings = sa.func.concat_ws(
+        ",",
+        sa.func.set_config("hnsw.ef_search", sa.cast(ef, sa.Text), True),
+        sa.func.set_config("hnsw.iterative_scan", "relaxed_order", True),
+        sa.func.set_config("hnsw.max_scan_tuples", str(MAX_SCAN_TUPLES), True),
+    )
+    row = conn.execute(
+        sa.select(sample.c.n, sample.c.hits, sample.c.reltuples, ef.label("ef"), settings.label("settings"))
+    ).one()
+    _resize(conn, info, bits, int(row.n))
+    return _Probe(int(row.n), int(row.hits), fraction, float(row.reltuples), int(row.ef))
+
+
 def _exact(
     conn: Connection, info: CollectionInfo, where: ColumnElement[bool], query: npt.NDArray[np.float32], k: int
-) -> list[sa.Row[Any]]:
-    # A MATERIALIZED CTE keeps the planner from walking the HNSW index with the filter applied
-    # late; the matching rows are found through the btree/GIN indexes and ranked exactly.
-    candidates = (
-        sa.select(*_RESULT_COLUMNS, memories.c.embedding)
+) -> tuple[list[sa.Row[Any]], int]:
+    """The k nearest matching rows ranked exactly, and the number of matches. The window count
+    keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
+    distance = distance_expression(info, query)
+    matching = (
+        sa.select(*_RESULT_COLUMNS, distance.label("distance"), sa.func.count().over().label("total"))
         .where(where)
-        .cte("candidates")
-        .prefix_with("MATERIALIZED")
+        .subquery("matching")
     )
-    distance = distance_expression(info, query, candidates.c.embedding)
-    stmt = (
-        sa.select(*(candidates.c[c.name] for c in _RESULT_COLUMNS), distance.label("distance"))
-        .order_by(distance)
-        .limit(k)
-    )
-    return list(conn.execute(stmt))
+    rows = list(conn.execute(sa.select(matching).order_by(matching.c.distance).limit(k)))
+    return rows, int(rows[0].total) if rows else 0
 
 
 def _hnsw(
-    conn: Connection,
-    info: CollectionInfo,
-    where: ColumnElement[bool],
-    query: npt.NDArray[np.float32],
-    k: int,
-    ef_search: int,
+    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], query: npt.NDArray[np.float32], k: int
 ) -> list[sa.Row[Any]]:
-    conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": str(ef_search)})
-    conn.execute(sa.text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
+    """The walk's nearest k of the ``HNSW_OVERFETCH * k`` matches it fetched. relaxed_order may
+    return them slightly out of order, so they are sorted here (an ORDER BY around the walk would
+    be dropped by the planner, which takes the index order as exact)."""
     distance = distance_expression(info, query)
-    inner = (
-        sa.select(*_RESULT_COLUMNS, distance.label("distance")).where(where).order_by(distance).limit(k)
-    ).subquery()
-    # relaxed_order may return rows slightly out of order: sort the k rows again.
-    stmt = sa.select(inner).order_by(inner.c.distance)
-    return list(conn.execute(stmt))
+    stmt = (
+        sa.select(*_RESULT_COLUMNS, distance.label("distance"))
+        .where(where)
+        .order_by(distance)
+        .limit(HNSW_OVERFETCH * k)
+    )
+    return sorted(conn.execute(stmt), key=lambda r: float(r.distance))[:k]
+
+
+# -- the planner ------------------------------------------------------------------------------
 
 
 def search(
@@ -101,25 +272,47 @@ def search(
     exact: bool | None = None,
     ef_search: int | None = None,
 ) -> tuple[list[sa.Row[Any]], SearchPlan]:
-    """The ``k`` rows nearest to ``query`` among the rows matching ``where``.
+    """The ``k`` rows nearest to ``query`` among the rows matching ``where``, and the plan used.
 
-    ``where`` must include the collection predicate (with the id inline) for the
-    collection's partial HNSW index to be usable.
+    ``where`` must include the collection predicate (with the id inline) for the collection's
+    partial HNSW index to be usable. ``exact`` forces a path (True: the exact scan; False: HNSW,
+    which still falls back to the exact scan if it comes back short); ``ef_search`` replaces
+    the computed ``hnsw.ef_search`` (clamped to k..1000).
     """
-    ef = max(MIN_EF_SEARCH, 2 * k, ef_search or 0)
     if exact is True:
-        return _exact(conn, info, where, query, k), SearchPlan("exact", "forced by exact=True", None)
-    counted: int | None = None
-    if exact is None:
-        counted = bounded_count(conn, where, EXACT_LIMIT)
-        if counted <= EXACT_LIMIT:
-            plan = SearchPlan("exact", f"{counted} memories match (<= {EXACT_LIMIT}): exact scan", counted)
-            return _exact(conn, info, where, query, k), plan
-    rows = _hnsw(conn, info, where, query, k, ef)
-    reason = "forced by exact=False" if exact is False else f"more than {EXACT_LIMIT} memories match"
-    if len(rows) < k:
-        # The index walk came back short: only the exact scan can say whether more rows match.
-        fallback = _exact(conn, info, where, query, k)
-        if len(fallback) > len(rows):
-            return fallback, SearchPlan("exact", f"{reason}; HNSW returned {len(rows)} < {k}", counted, ef)
-    return rows, SearchPlan("hnsw", f"{reason}: HNSW iterative scan", counted, ef)
+        rows, counted = _exact(conn, info, where, query, k)
+        return rows, SearchPlan("exact", "forced by exact=True", counted)
+
+    p = _probe(conn, info, where, k, ef_search)
+    facts = (
+        f"{p.estimated} of {round(p.graph)} graph elements match ({p.selectivity:.2%})"
+        if p.whole
+        else f"~{p.estimated} of ~{round(p.graph)} graph elements match "
+        f"({p.selectivity:.2%}, sampled {p.sampled} rows)"
+    )
+
+    def plan(path: str, reason: str, counted: int | None, ef: int | None) -> SearchPlan:
+        return SearchPlan(path, reason, counted, ef, p.estimated, p.selectivity, p.sampled)
+
+    if exact is None and (p.estimated <= EXACT_ROWS or p.selectivity < S_MIN):
+        rows, counted = _exact(conn, info, where, query, k)
+        if p.estimated <= EXACT_ROWS:
+            why = f"{facts}: at most {EXACT_ROWS}: exact scan"
+        else:
+            why = f"{facts}: below {S_MIN:.0%}, where HNSW loses recall: exact scan"
+        return rows, plan("exact", why, counted, None)
+
+    rows = _hnsw(conn, info, where, query, k)
+    reason = (
+        "forced by exact=False" if exact is False else facts
+    ) + f": HNSW iterative scan, ef_search {p.ef}"
+    if len(rows) >= k:
+        return rows, plan("hnsw", reason, p.estimated if p.whole else None, p.ef)
+    # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact
+    # scan knows whether more rows match.
+    fallback, counted = _exact(conn, info, where, query, k)
+    if len(fallback) > len(rows):
+        return fallback, plan(
+            "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, p.ef
+        )
+    return rows, plan("hnsw", reason, counted, p.ef)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 from memorix_pg import ConfigurationError, DatabaseUnavailable, MemoryAPI, PgvectorMissing
@@ -144,6 +145,17 @@ def test_memory_api_starts_an_embedded_server_in_the_data_dir(data_dir: Path) ->
     restarted = embedded_server_status(data_dir)
     assert restarted.running and restarted.pid != status.pid
     assert MemoryAPI(embedder="hash").count() == 1
+
+
+def test_a_new_data_dir_is_tuned_for_search_and_an_existing_one_keeps_its_settings(data_dir: Path) -> None:
+    url = MemoryAPI(embedder="hash").database_url
+    assert sql_value(url, "SHOW shared_buffers") != "128MB"
+    assert sql_value(url, "SHOW jit") == "off"
+    # A user's own setting survives restarts: only a new data dir is tuned.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_buffers = '64MB'")
+    assert stop_embedded_server(data_dir) is True
+    assert sql_value(MemoryAPI(embedder="hash").database_url, "SHOW shared_buffers") == "64MB"
 
 
 def test_processes_share_one_server_and_the_last_one_stops_it(data_dir: Path, spawn) -> None:
