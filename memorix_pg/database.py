@@ -11,6 +11,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from .errors import ConfigurationError, DatabaseUnavailable, PgvectorMissing
+from .query_vector import register_query_vector
 from .server import default_data_dir, ensure_embedded_server
 
 __all__ = [
@@ -92,6 +94,10 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    register_query_vector(dbapi_connection)
+
+
 def get_engine(url: str) -> Engine:
     """A pooled engine for ``url``; connections are pinged before use so a restarted server is survived."""
     key = libpq_url(url)
@@ -113,6 +119,7 @@ def get_engine(url: str) -> Engine:
                     "prepare_threshold": None,
                 },
             )
+            sa.event.listen(engine, "connect", _on_connect)
             _engines[key] = engine
     return engine
 

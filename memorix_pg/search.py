@@ -49,7 +49,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -59,7 +62,8 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.engine import Connection
 
 from .models import SCHEMA, memories
-from .vector_index import CollectionInfo, collection_predicate, distance_expression, index_name
+from .query_vector import QueryVector
+from .vector_index import QUERY_VECTOR, CollectionInfo, collection_predicate, distance_expression, index_name
 
 __all__ = [
     "EF_MAX",
@@ -167,6 +171,7 @@ class _Probe:
     fraction: float  # of the collection the sample covers
     reltuples: float
     ef: int
+    use_exact: bool  # at most EXACT_ROWS matches, or fewer than S_MIN of the graph
 
     @property
     def whole(self) -> bool:
@@ -185,15 +190,55 @@ class _Probe:
         return self.estimated / self.graph
 
 
-def _probe(
-    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], k: int, ef_search: int | None
-) -> _Probe:
-    """Sample counts, and the index walk's settings for this transaction (ef from the sample)."""
-    bits = _window(conn, info)
+# A search's statements differ from the previous search's only in their values whenever the
+# filter has the same shape (keys, operators, value types), which is the common case. Building
+# and keying a statement costs more Python than the database spends on a selective search, so
+# each statement is built once per shape and reused with the new values bound by name.
+_statements: OrderedDict[tuple[Any, ...], tuple[sa.Executable, list[str]]] = OrderedDict()
+_STATEMENTS_MAX = 1024
+_statements_lock = threading.Lock()
+
+
+def _execute(
+    conn: Connection,
+    shape: tuple[Any, ...],
+    where: ColumnElement[bool],
+    build: Callable[[ColumnElement[bool]], sa.Executable],
+    params: dict[str, Any],
+) -> sa.CursorResult[Any]:
+    """``conn.execute(build(where), params)``, reusing the statement built for an earlier filter
+    of the same shape: the new filter's values are bound to the earlier one's parameters."""
+    where_key = where._generate_cache_key()
+    if where_key is None:
+        return conn.execute(build(where), params)
+    key = (*shape, where_key.key)
+    with _statements_lock:
+        found = _statements.get(key)
+        if found is not None:
+            _statements.move_to_end(key)
+    if found is None:
+        stmt = build(where)
+        with _statements_lock:
+            _statements[key] = (stmt, [bp.key for bp in where_key.bindparams])
+            if len(_statements) > _STATEMENTS_MAX:
+                _statements.popitem(last=False)
+        return conn.execute(stmt, params)
+    stmt, names = found
+    values = {name: bp.effective_value for name, bp in zip(names, where_key.bindparams, strict=True)}
+    return conn.execute(stmt, {**values, **params})
+
+
+def _probe_statement(
+    info: CollectionInfo,
+    bits: int,
+    k: int,
+    ef_search: int | None,
+    where: ColumnElement[bool],
+) -> sa.Select[Any]:
+    """One row: the sample's counts, ``ef`` and ``use_exact``; it sets the walk's settings."""
     scope = collection_predicate(info)
     if bits > 0:
-        bound = (1 << (64 - bits)).to_bytes(8, "big")
-        scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", bound, type_=sa.LargeBinary))
+        scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", type_=sa.LargeBinary))
     sample = (
         sa.select(
             sa.func.count().label("n"),
@@ -204,14 +249,13 @@ def _probe(
         .subquery("sample")
     )
     fraction = 2.0**-bits
+    matches = sample.c.hits / fraction
+    graph = sa.func.greatest(sample.c.reltuples, sample.c.n / fraction, 1.0)
     if ef_search is not None:
         ef: ColumnElement[Any] = sa.literal(min(EF_MAX, max(ef_search, k)))
     else:
-        graph = sa.func.greatest(sample.c.reltuples, sample.c.n / fraction, 1.0)
         floor = sa.func.least(EF_FLOOR_MAX, sa.func.round(EF_MIN * sa.func.sqrt(graph / EF_MIN_ROWS)))
-        by_selectivity = sa.func.ceil(
-            EF_PER_SELECTIVITY * graph / sa.func.greatest(sample.c.hits / fraction, 1.0)
-        )
+        by_selectivity = sa.func.ceil(EF_PER_SELECTIVITY * graph / sa.func.greatest(matches, 1.0))
         ef = sa.cast(
             sa.func.least(EF_MAX, sa.func.greatest(max(EF_MIN, 2 * k), floor, by_selectivity)), sa.Integer
         )
@@ -221,11 +265,44 @@ def _probe(
         sa.func.set_config("hnsw.iterative_scan", "relaxed_order", True),
         sa.func.set_config("hnsw.max_scan_tuples", str(MAX_SCAN_TUPLES), True),
     )
-    row = conn.execute(
-        sa.select(sample.c.n, sample.c.hits, sample.c.reltuples, ef.label("ef"), settings.label("settings"))
-    ).one()
+    use_exact = sa.or_(matches <= EXACT_ROWS, matches < S_MIN * graph)
+    return sa.select(
+        sample.c.n,
+        sample.c.hits,
+        sample.c.reltuples,
+        ef.label("ef"),
+        settings.label("settings"),
+        use_exact.label("use_exact"),
+    )
+
+
+def _probe(
+    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], k: int, ef_search: int | None
+) -> _Probe:
+    """The sample's counts and the plan; sets the walk's settings for this transaction.
+
+    (Merging the exact scan into this statement, gated by a one-time filter, measured no faster:
+    the bigger statement takes longer to plan, and the walk path would bind the vector twice.)
+    """
+    bits = _window(conn, info)
+    params = {"window": (1 << (64 - bits)).to_bytes(8, "big")} if bits > 0 else {}
+    shape = ("probe", info, bits, k, ef_search)
+    build = partial(_probe_statement, info, bits, k, ef_search)
+    row = _execute(conn, shape, where, build, params).one()
     _resize(conn, info, bits, int(row.n))
-    return _Probe(int(row.n), int(row.hits), fraction, float(row.reltuples), int(row.ef))
+    return _Probe(
+        int(row.n), int(row.hits), 2.0**-bits, float(row.reltuples), int(row.ef), bool(row.use_exact)
+    )
+
+
+def _exact_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
+    distance = distance_expression(info, None)
+    matching = (
+        sa.select(*_RESULT_COLUMNS, distance.label("distance"), sa.func.count().over().label("total"))
+        .where(where)
+        .subquery("matching")
+    )
+    return sa.select(matching).order_by(matching.c.distance).limit(k)
 
 
 def _exact(
@@ -233,14 +310,22 @@ def _exact(
 ) -> tuple[list[sa.Row[Any]], int]:
     """The k nearest matching rows ranked exactly, and the number of matches. The window count
     keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
-    distance = distance_expression(info, query)
-    matching = (
-        sa.select(*_RESULT_COLUMNS, distance.label("distance"), sa.func.count().over().label("total"))
-        .where(where)
-        .subquery("matching")
+    shape = ("exact", info, k)
+    build = partial(_exact_statement, info, k)
+    rows = list(
+        _execute(conn, shape, where, build, {QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec")})
     )
-    rows = list(conn.execute(sa.select(matching).order_by(matching.c.distance).limit(k)))
     return rows, int(rows[0].total) if rows else 0
+
+
+def _hnsw_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
+    distance = distance_expression(info, None)
+    return (
+        sa.select(*_RESULT_COLUMNS, distance.label("distance"))
+        .where(where)
+        .order_by(distance)
+        .limit(HNSW_OVERFETCH * k)
+    )
 
 
 def _hnsw(
@@ -249,14 +334,12 @@ def _hnsw(
     """The walk's nearest k of the ``HNSW_OVERFETCH * k`` matches it fetched. relaxed_order may
     return them slightly out of order, so they are sorted here (an ORDER BY around the walk would
     be dropped by the planner, which takes the index order as exact)."""
-    distance = distance_expression(info, query)
-    stmt = (
-        sa.select(*_RESULT_COLUMNS, distance.label("distance"))
-        .where(where)
-        .order_by(distance)
-        .limit(HNSW_OVERFETCH * k)
+    shape = ("hnsw", info, k)
+    build = partial(_hnsw_statement, info, k)
+    rows = _execute(
+        conn, shape, where, build, {QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec")}
     )
-    return sorted(conn.execute(stmt), key=lambda r: float(r.distance))[:k]
+    return sorted(rows, key=lambda r: float(r.distance))[:k]
 
 
 # -- the planner ------------------------------------------------------------------------------
@@ -294,7 +377,7 @@ def search(
     def plan(path: str, reason: str, counted: int | None, ef: int | None) -> SearchPlan:
         return SearchPlan(path, reason, counted, ef, p.estimated, p.selectivity, p.sampled)
 
-    if exact is None and (p.estimated <= EXACT_ROWS or p.selectivity < S_MIN):
+    if exact is None and p.use_exact:
         rows, counted = _exact(conn, info, where, query, k)
         if p.estimated <= EXACT_ROWS:
             why = f"{facts}: at most {EXACT_ROWS}: exact scan"

@@ -27,9 +27,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import Grouping
 
 from .models import SCHEMA, memories
+from .query_vector import QueryVectorType
 
 __all__ = [
     "OPERATORS",
+    "QUERY_VECTOR",
     "CollectionInfo",
     "collection_literal",
     "collection_predicate",
@@ -92,15 +94,26 @@ def collection_literal(info: CollectionInfo) -> ColumnElement[int]:
     return bindparam("collection_literal", int(info.id), literal_execute=True, unique=True)
 
 
+QUERY_VECTOR = "query_vector"
+
+
 def distance_expression(
     info: CollectionInfo,
-    query: npt.NDArray[np.float32],
+    query: npt.NDArray[np.float32] | None,
     column: ColumnElement[Any] | None = None,
 ) -> ColumnElement[float]:
-    """The distance from each row to ``query``, written exactly as the index expression."""
+    """The distance from each row to ``query``, written exactly as the index expression.
+
+    With ``query=None`` the vector is bound at execution: parameter ``QUERY_VECTOR``, a
+    :class:`~memorix_pg.query_vector.QueryVector`.
+    """
     vector_type = _vector_type(info)
     typed = typed_embedding(info, memories.c.embedding if column is None else column)
-    param = cast(bindparam("query_vector", query, type_=vector_type), vector_type)
+    if query is None:
+        # Bound at execution as a QueryVector (binary); the cast names its type.
+        param = cast(bindparam(QUERY_VECTOR, type_=QueryVectorType()), vector_type)
+    else:
+        param = cast(bindparam(QUERY_VECTOR, query, type_=vector_type), vector_type)
     return typed.op(OPERATORS[info.distance], return_type=Float())(param)
 
 

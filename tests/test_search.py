@@ -235,3 +235,19 @@ def test_other_distances_and_half_precision(module_database_url: str, distance: 
     hnsw = api.retrieve(None, top_k=K, embedding=query, exact=False)
     assert len(hnsw) == K and len({h.id for h in hnsw} & set(truth)) >= 8
     assert api.explain_retrieve(None, top_k=K, embedding=query).path == "exact"
+
+
+def test_filters_of_one_shape_each_bind_their_own_values(corpus: dict[str, Any]) -> None:
+    """Statements are reused across filters of the same shape: each search must still see its
+    own values (and its own query vector)."""
+    api: MemoryAPI = corpus["api"]
+    for i, g in enumerate((3, 4, 5)):
+        query = corpus["queries"][30 + i]
+        hits = api.retrieve(None, top_k=K, embedding=query, filter={"g": g})
+        assert [h.id for h in hits] == brute_force(corpus, query, lambda m, g=g: m["g"] == g)
+    for i, lo in enumerate((0, 40, 80)):
+        query = corpus["queries"][33 + i]
+        mongo = {"bucket": {"$gte": lo, "$lt": lo + 2}, "g": {"$ne": 7}}
+        hits = api.retrieve(None, top_k=K, embedding=query, filter=mongo)
+        expected = brute_force(corpus, query, lambda m, lo=lo: lo <= m["bucket"] < lo + 2 and m["g"] != 7)
+        assert [h.id for h in hits] == expected
