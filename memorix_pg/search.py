@@ -32,11 +32,13 @@ neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
   (uncorrelated filters, 100k): 20%: 0.995 at ef 100; 10%: 0.990 at ef 100, 0.997 at ef 400;
   5%: 0.988-0.990 at ef 100-400; 2% and 1%: 0.95 at every ef from 100 to 400. Filters tied to
   the vectors (a user's memories cluster in their topics; 8% of rows): 0.989-0.995 at ef 500
-  fetching 2k-4k matches. Hence ``S_MIN`` = 5%, ``ef_search = EF_PER_SELECTIVITY / s`` and
-  fetching 3k matches.
-* Unfiltered recall@10 at 100k: ef 100: 0.985 (single queries trapped away from their
-  neighbours), 150: 0.995, 200: 0.998; at 20k, ef 100: 0.997. Hence the floor
-  ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 12.5k elements, 283 at 100k.
+  fetching 2k-4k matches (0.988 with 3k in one 100k run). Hence ``S_MIN`` = 5%,
+  ``ef_search = EF_PER_SELECTIVITY / s`` and fetching 4k matches.
+* Unfiltered recall@10 at 100k (200 queries, m 16, ef_construction 64): ef 100: 0.985-0.992,
+  150: 0.982-0.998 (HNSW builds in parallel are not deterministic: two builds of the same data
+  differ), 200: 0.9965; the misses are single queries trapped away from their neighbours. At
+  20k, ef 100: 0.997. Hence the floor ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 25k
+  elements, 200 at 100k, 346 at 300k.
 * Cost: the walk ~0.15 ms + ~1.8 µs per unit of ef_search; the exact scan ~0.03 ms + 1.0-2.5 µs
   per matching row. Up to ``EXACT_ROWS`` matches (about a millisecond) the scan is always
   exact, so small collections and selective filters get exact results.
@@ -82,11 +84,11 @@ S_MIN = 0.05  # HNSW only when at least this fraction of the graph's elements ma
 EXACT_ROWS = 1000  # at most this many matches are always ranked exactly
 EF_PER_SELECTIVITY = 50.0  # ef_search = 50 / s: 500 at 10%, 1000 (the maximum) at 5%
 EF_MIN = 100  # the floor up to EF_MIN_ROWS graph elements, growing with sqrt(size) past it
-EF_MIN_ROWS = 50_000
+EF_MIN_ROWS = 25_000
 EF_FLOOR_MAX = 500
 EF_MAX = 1000  # pgvector's upper limit for hnsw.ef_search
 SAMPLE_ROWS = 128  # the sample holds SAMPLE_ROWS..2*SAMPLE_ROWS rows (or the whole collection)
-HNSW_OVERFETCH = 3  # relaxed order returns matches roughly by distance: fetch 3k, keep k
+HNSW_OVERFETCH = 4  # relaxed order returns matches roughly by distance: fetch 4k, keep k
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set so a server-wide change cannot end scans early
 
 _RESULT_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
