@@ -173,7 +173,6 @@ class _Probe:
     fraction: float  # of the collection the sample covers
     reltuples: float
     ef: int
-    use_exact: bool  # at most EXACT_ROWS matches, or fewer than S_MIN of the graph
 
     @property
     def whole(self) -> bool:
@@ -190,6 +189,11 @@ class _Probe:
     @property
     def selectivity(self) -> float:
         return self.estimated / self.graph
+
+    @property
+    def use_exact(self) -> bool:
+        """At most EXACT_ROWS matches, or fewer than S_MIN of the graph (where HNSW loses recall)."""
+        return self.estimated <= EXACT_ROWS or self.selectivity < S_MIN
 
 
 # A search's statements differ from the previous search's only in their values whenever the
@@ -237,7 +241,7 @@ def _probe_statement(
     ef_search: int | None,
     where: ColumnElement[bool],
 ) -> sa.Select[Any]:
-    """One row: the sample's counts, ``ef`` and ``use_exact``; it sets the walk's settings."""
+    """One row: the sample's counts and ``ef``; it sets the walk's settings."""
     scope = collection_predicate(info)
     if bits > 0:
         scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", type_=sa.LargeBinary))
@@ -267,14 +271,12 @@ def _probe_statement(
         sa.func.set_config("hnsw.iterative_scan", "relaxed_order", True),
         sa.func.set_config("hnsw.max_scan_tuples", str(MAX_SCAN_TUPLES), True),
     )
-    use_exact = sa.or_(matches <= EXACT_ROWS, matches < S_MIN * graph)
     return sa.select(
         sample.c.n,
         sample.c.hits,
         sample.c.reltuples,
         ef.label("ef"),
         settings.label("settings"),
-        use_exact.label("use_exact"),
     )
 
 
@@ -292,9 +294,7 @@ def _probe(
     build = partial(_probe_statement, info, bits, k, ef_search)
     row = _execute(conn, shape, where, build, params).one()
     _resize(conn, info, bits, int(row.n))
-    return _Probe(
-        int(row.n), int(row.hits), 2.0**-bits, float(row.reltuples), int(row.ef), bool(row.use_exact)
-    )
+    return _Probe(int(row.n), int(row.hits), 2.0**-bits, float(row.reltuples), int(row.ef))
 
 
 def _exact_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
