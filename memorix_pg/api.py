@@ -67,9 +67,12 @@ from .vector_index import (
     collection_predicate,
     create_expression_index,
     drop_vector_index,
+    embedding_column_name,
     metadata_index_name,
     rebuild_vector_index_concurrently,
     score_from_distance,
+    stored_embedding,
+    stored_vectors,
     typed_embedding,
     vector_index_state,
 )
@@ -485,7 +488,7 @@ class MemoryAPI:
                 )
                 write_memories(
                     conn,
-                    self._collection.id,
+                    self._collection,
                     rows,
                     expires_at=expires_at,
                     upsert=ids is not None,
@@ -562,7 +565,7 @@ class MemoryAPI:
             new_text = check_text(text)
             values.update(
                 text=self._seal(row_id, new_text, {})[0],
-                embedding=self._embed([new_text])[0],
+                **{embedding_column_name(self._collection): self._embed([new_text])[0]},
                 content_hash=self._hash(new_text),
             )
         stmt = (
@@ -787,7 +790,7 @@ class MemoryAPI:
                             memories.c.id,
                             memories.c.text,
                             memories.c.metadata,
-                            memories.c.embedding,
+                            stored_vectors(self._collection).label("embedding"),
                             memories.c.expires_at,
                         )
                         .where(where, memories.c.id.in_(window_row.ids))
@@ -819,7 +822,7 @@ class MemoryAPI:
                 assert sealed_text is not None
                 write_memories(
                     conn,
-                    self._collection.id,
+                    self._collection,
                     MemoryRows(
                         ids=[summary_id],
                         texts=[sealed_text],
@@ -851,8 +854,8 @@ class MemoryAPI:
             raise InvalidInput(f"threshold must be a number in [-1, 1], got {threshold!r}")
         info = self._collection
         a, b = memories.alias("a"), memories.alias("b")
-        distance = typed_embedding(info, b.c.embedding).op("<=>", return_type=sa.Float())(
-            typed_embedding(info, a.c.embedding)
+        distance = typed_embedding(info, stored_embedding(info, b)).op("<=>", return_type=sa.Float())(
+            typed_embedding(info, stored_embedding(info, a))
         )
         live_b = sa.or_(b.c.expires_at.is_(None), b.c.expires_at > sa.func.now())
         near = (

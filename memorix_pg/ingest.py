@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
+from pgvector import HalfVector
+from pgvector.psycopg.halfvec import register_halfvec_info
 from pgvector.psycopg.vector import register_vector_info
 from psycopg import sql
 from psycopg.types import TypeInfo
@@ -25,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from .errors import InvalidInput
 from .models import SCHEMA, memories
+from .vector_index import CollectionInfo, embedding_column_name
 
 __all__ = ["COPY_MIN_ROWS", "MemoryRows", "write_memories"]
 
@@ -48,18 +51,20 @@ class MemoryRows:
         return len(self.ids)
 
 
-_UPSERT_SET = ("text", "embedding", "metadata", "content_hash", "expires_at")
+def _upsert_set(info: CollectionInfo) -> tuple[str, ...]:
+    return ("text", embedding_column_name(info), "metadata", "content_hash", "expires_at")
 
 
 def _insert_rows(
-    conn: Connection, collection_id: int, rows: MemoryRows, expires_at: datetime | None, tenant: str | None
+    conn: Connection, info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, tenant: str | None
 ) -> int:
+    column = embedding_column_name(info)
     values = [
         {
             "id": row_id,
-            "collection_id": collection_id,
+            "collection_id": info.id,
             "text": text,
-            "embedding": vector,
+            column: vector,
             "metadata": meta,
             "content_hash": digest,
             "expires_at": expires_at,
@@ -78,7 +83,7 @@ def _insert_rows(
         insert = pg_insert(memories).values(created_at=sa.func.clock_timestamp())
     upsert = insert.on_conflict_do_update(
         index_elements=[memories.c.id],
-        set_={**{c: insert.excluded[c] for c in _UPSERT_SET}, "updated_at": sa.func.now()},
+        set_={**{c: insert.excluded[c] for c in _upsert_set(info)}, "updated_at": sa.func.now()},
         # Never take over a row of another collection or another tenant.
         where=sa.and_(
             memories.c.collection_id == insert.excluded.collection_id,
@@ -88,23 +93,19 @@ def _insert_rows(
     return len(conn.execute(upsert, values).fetchall())
 
 
-_COPY_COLUMNS = (
-    "id",
-    "collection_id",
-    "text",
-    "embedding",
-    "metadata",
-    "content_hash",
-    "expires_at",
-    "tenant",
-    "created_at",
-)
-_COPY_TYPES = ["uuid", "int8", "text", "vector", "jsonb", "bytea", "timestamptz", "text", "timestamptz"]
+def _copy_columns(info: CollectionInfo) -> tuple[list[str], list[str]]:
+    """COPY's column names and types; the vector column depends on the collection's precision."""
+    half = info.precision == "half"
+    names = ["id", "collection_id", "text", embedding_column_name(info), "metadata"]
+    names += ["content_hash", "expires_at", "tenant", "created_at"]
+    types = ["uuid", "int8", "text", "halfvec" if half else "vector", "jsonb"]
+    types += ["bytea", "timestamptz", "text", "timestamptz"]
+    return names, types
 
 
 def _copy_rows(
     conn: Connection,
-    collection_id: int,
+    info: CollectionInfo,
     rows: MemoryRows,
     expires_at: datetime | None,
     upsert: bool,
@@ -113,11 +114,14 @@ def _copy_rows(
     raw = conn.connection.driver_connection
     assert raw is not None
     cursor = raw.cursor()
+    half = info.precision == "half"
     # Register the vector type on this cursor only, so other queries keep SQLAlchemy's adapters.
-    info = TypeInfo.fetch(raw, "vector")
-    register_vector_info(cursor, info)
+    type_info = TypeInfo.fetch(raw, "halfvec" if half else "vector")
+    assert type_info is not None
+    (register_halfvec_info if half else register_vector_info)(cursor, type_info)
+    all_columns, all_types = _copy_columns(info)
     # Without given times the created_at column is left out so the server default stamps it.
-    columns = _COPY_COLUMNS if rows.created_at is not None else _COPY_COLUMNS[:-1]
+    columns = all_columns if rows.created_at is not None else all_columns[:-1]
     column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     target = sql.Identifier(SCHEMA, "memories")
     if upsert:
@@ -130,15 +134,18 @@ def _copy_rows(
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, column_list)
     created = rows.created_at if rows.created_at is not None else [None] * len(rows)
     with cursor.copy(copy_sql) as copy:
-        copy.set_types(_COPY_TYPES[: len(columns)])
+        copy.set_types(all_types[: len(columns)])
         for row_id, text, vector, meta, digest, created_at in zip(
             rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, created, strict=True
         ):
-            row = (row_id, collection_id, text, vector, Jsonb(meta), digest, expires_at, tenant, created_at)
+            value = HalfVector(vector) if half else vector
+            row = (row_id, info.id, text, value, Jsonb(meta), digest, expires_at, tenant, created_at)
             copy.write_row(row[: len(columns)])
     if not upsert:
         return len(rows)
-    updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in _UPSERT_SET)
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in _upsert_set(info)
+    )
     cursor.execute(
         sql.SQL(
             "INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} "
@@ -156,14 +163,14 @@ def _copy_rows(
 
 def write_memories(
     conn: Connection,
-    collection_id: int,
+    info: CollectionInfo,
     rows: MemoryRows,
     *,
     expires_at: datetime | None = None,
     upsert: bool = True,
     tenant: str | None = None,
 ) -> None:
-    """Write ``rows`` into the collection inside the caller's transaction.
+    """Write ``rows`` into collection ``info`` inside the caller's transaction.
 
     Raises InvalidInput (and the caller's transaction rolls back) when an id already
     belongs to another collection.
@@ -174,11 +181,11 @@ def write_memories(
         start = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
         rows = replace(rows, created_at=[start + timedelta(microseconds=i) for i in range(len(rows))])
     if len(rows) >= COPY_MIN_ROWS:
-        written = _copy_rows(conn, collection_id, rows, expires_at, upsert, tenant)
+        written = _copy_rows(conn, info, rows, expires_at, upsert, tenant)
     else:
-        written = _insert_rows(conn, collection_id, rows, expires_at, tenant)
+        written = _insert_rows(conn, info, rows, expires_at, tenant)
     if written != len(rows):
-        taken = _ids_elsewhere(conn, collection_id, tenant, rows.ids)
+        taken = _ids_elsewhere(conn, info.id, tenant, rows.ids)
         raise InvalidInput(
             f"id {taken[0] if taken else '?'} already belongs to another collection or tenant; "
             "nothing was stored"

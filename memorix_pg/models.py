@@ -2,9 +2,12 @@
 
 The migrations in ``migrations/`` own the schema; these classes describe it for queries.
 One ``memories`` table holds every collection. Its ``embedding`` column is an untyped
-``vector`` so collections may use embedders of different dimensions; each collection gets
-its own partial HNSW index over ``embedding::vector(dim)`` (see :mod:`memorix_pg.vector_index`),
-which keeps a small collection's search exact and a large one's fast.
+``vector`` so collections may use embedders of different dimensions; a collection created
+with ``precision="half"`` stores its vectors in ``embedding_half`` (``halfvec``, half the
+bytes) instead, and each row fills exactly one of the two. Each collection gets its own
+partial HNSW index over ``embedding::vector(dim)`` or ``embedding_half::halfvec(dim)`` (see
+:mod:`memorix_pg.vector_index`), which keeps a small collection's search exact and a large
+one's fast.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -76,6 +79,8 @@ class MemoryRecord(Base):
             "tenant",
             postgresql_where=sql_text("tenant IS NOT NULL"),
         ),
+        # Full-precision collections fill ``embedding``, half-precision ones ``embedding_half``.
+        CheckConstraint("num_nonnulls(embedding, embedding_half) = 1", name="memories_one_embedding_check"),
         Index("memories_expires_at_idx", "expires_at", postgresql_where=sql_text("expires_at IS NOT NULL")),
         Index(
             "memories_metadata_gin_idx",
@@ -90,7 +95,8 @@ class MemoryRecord(Base):
         BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False
     )
     text: Mapped[str] = mapped_column(Text, nullable=False)
-    embedding: Mapped[Any] = mapped_column(Vector(), nullable=False)
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True)
+    embedding_half: Mapped[Any] = mapped_column(HALFVEC(), nullable=True)
     # ``metadata`` is reserved on declarative classes, so the attribute is ``metadata_``.
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=sql_text("'{}'::jsonb")

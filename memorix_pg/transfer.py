@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from .errors import ConfigurationError, InvalidInput
 from .models import memories
 from .validation import check_embedding, check_text, check_timestamp, clean_metadata, parse_id
+from .vector_index import stored_vectors
 
 if TYPE_CHECKING:
     from .api import MemoryAPI
@@ -41,7 +42,7 @@ def export_jsonl(
             memories.c.id,
             memories.c.text,
             memories.c.metadata,
-            memories.c.embedding,
+            stored_vectors(api._collection).label("embedding"),
             memories.c.created_at,
             memories.c.expires_at,
         )

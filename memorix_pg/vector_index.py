@@ -1,7 +1,8 @@
 """Per-collection HNSW indexes and the distance expressions that use them.
 
 Collections differ in dimension, distance and precision, so the ``embedding`` column is an
-untyped ``vector`` and each collection gets a partial index
+untyped ``vector`` (``embedding_half``, an untyped ``halfvec``, for half precision) and each
+collection gets a partial index
 ``USING hnsw ((embedding::vector(dim)) <opclass>) WHERE collection_id = <id>``. A query uses
 it only when its ORDER BY expression is the same cast and its WHERE names the same
 collection id as a literal, which :func:`distance_expression` and :func:`collection_predicate`
@@ -39,10 +40,13 @@ __all__ = [
     "create_vector_index",
     "distance_expression",
     "drop_vector_index",
+    "embedding_column_name",
     "index_name",
     "metadata_index_name",
     "rebuild_vector_index_concurrently",
     "score_from_distance",
+    "stored_embedding",
+    "stored_vectors",
     "typed_embedding",
     "vector_index_state",
 ]
@@ -74,6 +78,22 @@ class CollectionInfo:
     def index_type(self) -> str:
         """``halfvec`` when asked for, or when the dimension is past HNSW's limit for ``vector``."""
         return "halfvec" if self.precision == "half" or self.dimension > MAX_FULL_INDEX_DIM else "vector"
+
+
+def embedding_column_name(info: CollectionInfo) -> str:
+    """The column the collection's vectors live in: ``embedding_half`` for half precision."""
+    return "embedding_half" if info.precision == "half" else "embedding"
+
+
+def stored_embedding(info: CollectionInfo, table: sa.FromClause = memories) -> ColumnElement[Any]:
+    """The collection's vector column in ``table`` (``memories`` or an alias of it)."""
+    return table.c[embedding_column_name(info)]
+
+
+def stored_vectors(info: CollectionInfo, table: sa.FromClause = memories) -> ColumnElement[Any]:
+    """The collection's vectors read back as ``vector`` (numpy arrays), whatever their precision."""
+    column = stored_embedding(info, table)
+    return cast(column, Vector()) if info.precision == "half" else column
 
 
 def index_name(info: CollectionInfo) -> str:
@@ -108,7 +128,7 @@ def distance_expression(
     :class:`~memorix_pg.query_vector.QueryVector`.
     """
     vector_type = _vector_type(info)
-    typed = typed_embedding(info, memories.c.embedding if column is None else column)
+    typed = typed_embedding(info, stored_embedding(info) if column is None else column)
     if query is None:
         # Bound at execution as a QueryVector (binary); the cast names its type.
         param = cast(bindparam(QUERY_VECTOR, type_=QueryVectorType()), vector_type)
@@ -143,7 +163,7 @@ def create_vector_index(conn: Connection, info: CollectionInfo, *, concurrently:
         how=sql.SQL("CONCURRENTLY " if concurrently else ""),
         name=sql.Identifier(index_name(info)),
         table=sql.Identifier(SCHEMA, "memories"),
-        column=sql.Identifier("embedding"),
+        column=sql.Identifier(embedding_column_name(info)),
         kind=_TYPE_SQL[kind],
         dim=sql.Literal(int(info.dimension)),
         opclass=sql.Identifier(f"{kind}_{_OPCLASS_SUFFIX[info.distance]}"),

@@ -167,7 +167,8 @@ def db_fingerprint(url: str) -> tuple[Any, ...]:
             SELECT (SELECT count(*) FROM memorix.memories),
                    (SELECT md5(coalesce(string_agg(
                         concat_ws('|', id, collection_id, md5(text), md5(metadata::text), created_at,
-                                  updated_at, expires_at, md5(embedding::text)), ',' ORDER BY id), ''))
+                                  updated_at, expires_at,
+                   md5(coalesce(embedding::text, embedding_half::text))), ',' ORDER BY id), ''))
                     FROM memorix.memories),
                    (SELECT count(*) FROM memorix.collections),
                    (SELECT md5(coalesce(string_agg(concat_ws('|', id, name, embedder, dimension),

@@ -1,0 +1,90 @@
+"""Half precision storage: ``precision="half"`` collections keep their vectors as ``halfvec``.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-24
+
+Until now a half collection stored ``vector`` and only its index and queries were
+``halfvec``. The new ``embedding_half`` column holds them at 2 bytes a dimension, half the
+table's vector bytes; each row fills exactly one of ``embedding`` and ``embedding_half``.
+Existing half collections are moved over and their HNSW indexes rebuilt on the new column
+(the index expression names the column, so the old index could not serve them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pgvector.sqlalchemy
+import sqlalchemy as sa
+from alembic import op
+from psycopg import sql
+
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SCHEMA = "memorix"
+OPCLASS = {"cosine": "halfvec_cosine_ops", "l2": "halfvec_l2_ops", "ip": "halfvec_ip_ops"}
+
+
+def _half_collections() -> list[tuple[int, int, str]]:
+    rows = op.get_bind().execute(
+        sa.text("SELECT id, dimension, distance FROM memorix.collections WHERE precision = 'half'")
+    )
+    return [(int(r.id), int(r.dimension), str(r.distance)) for r in rows]
+
+
+def _rebuild_index(cid: int, dim: int, distance: str, column: str, kind: str, opclass: str) -> None:
+    name = f"memories_embedding_hnsw_{cid}"
+    raw = op.get_bind().connection.driver_connection
+    drop = sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(SCHEMA, name))
+    create = sql.SQL(
+        "CREATE INDEX {name} ON {table} USING hnsw (({column}::{kind}({dim})) {opclass}) "
+        "WITH (m = 16, ef_construction = 64) WHERE collection_id = {cid}"
+    ).format(
+        name=sql.Identifier(name),
+        table=sql.Identifier(SCHEMA, "memories"),
+        column=sql.Identifier(column),
+        kind=sql.SQL(kind),
+        dim=sql.Literal(int(dim)),
+        opclass=sql.Identifier(opclass),
+        cid=sql.Literal(int(cid)),
+    )
+    op.execute(drop.as_string(raw))
+    op.execute(create.as_string(raw))
+
+
+def upgrade() -> None:
+    column = sa.Column("embedding_half", pgvector.sqlalchemy.HALFVEC(), nullable=True)
+    op.add_column("memories", column, schema=SCHEMA)
+    op.alter_column("memories", "embedding", nullable=True, schema=SCHEMA)
+    for cid, dim, distance in _half_collections():
+        op.execute(
+            sa.text(
+                "UPDATE memorix.memories SET embedding_half = embedding::halfvec, embedding = NULL "
+                "WHERE collection_id = :cid"
+            ).bindparams(cid=cid)
+        )
+        _rebuild_index(cid, dim, distance, "embedding_half", "halfvec", OPCLASS[distance])
+    op.create_check_constraint(
+        "memories_one_embedding_check",
+        "memories",
+        "num_nonnulls(embedding, embedding_half) = 1",
+        schema=SCHEMA,
+    )
+
+
+def downgrade() -> None:
+    op.drop_constraint("memories_one_embedding_check", "memories", schema=SCHEMA, type_="check")
+    for cid, dim, distance in _half_collections():
+        op.execute(
+            sa.text(
+                "UPDATE memorix.memories SET embedding = embedding_half::vector, embedding_half = NULL "
+                "WHERE collection_id = :cid"
+            ).bindparams(cid=cid)
+        )
+        _rebuild_index(cid, dim, distance, "embedding", "halfvec", OPCLASS[distance])
+    op.alter_column("memories", "embedding", nullable=False, schema=SCHEMA)
+    op.drop_column("memories", "embedding_half", schema=SCHEMA)
