@@ -34,11 +34,13 @@ neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
   the vectors (a user's memories cluster in their topics; 8% of rows): 0.989-0.995 at ef 500
   fetching 2k-4k matches (0.988 with 3k in one 100k run). Hence ``S_MIN`` = 5%,
   ``ef_search = EF_PER_SELECTIVITY / s`` and fetching 4k matches.
-* Unfiltered recall@10 at 100k (200 queries, m 16, ef_construction 64): ef 100: 0.985-0.992,
-  150: 0.982-0.998 (HNSW builds in parallel are not deterministic: two builds of the same data
-  differ), 200: 0.9965; the misses are single queries trapped away from their neighbours. At
-  20k, ef 100: 0.997. Hence the floor ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 25k
-  elements, 200 at 100k, 346 at 300k.
+* Unfiltered recall@10 at 100k (200 queries): with m 16 / ef_construction 64, ef 100 gave
+  0.985-0.992 and ef 200 0.9965 (HNSW builds in parallel are not deterministic: two builds of
+  the same data differ); the misses were single queries trapped away from their neighbours, which
+  a larger ``ef_search`` does not fix but a better-connected graph does. With m 20 /
+  ef_construction 80 (the build takes ~25% longer: 20.0 s vs 16.1 s as halfvec), ef 100 gives
+  0.9995 and no trapped query. Hence that graph and the floor
+  ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 100k elements, 173 at 300k, 316 at 1M.
 * Cost: the walk ~0.15 ms + ~1.8 µs per unit of ef_search; the exact scan ~0.03 ms + 1.0-2.5 µs
   per matching row. Up to ``EXACT_ROWS`` matches (about a millisecond) the scan is always
   exact, so small collections and selective filters get exact results.
@@ -84,7 +86,7 @@ S_MIN = 0.05  # HNSW only when at least this fraction of the graph's elements ma
 EXACT_ROWS = 1000  # at most this many matches are always ranked exactly
 EF_PER_SELECTIVITY = 50.0  # ef_search = 50 / s: 500 at 10%, 1000 (the maximum) at 5%
 EF_MIN = 100  # the floor up to EF_MIN_ROWS graph elements, growing with sqrt(size) past it
-EF_MIN_ROWS = 25_000
+EF_MIN_ROWS = 100_000
 EF_FLOOR_MAX = 500
 EF_MAX = 1000  # pgvector's upper limit for hnsw.ef_search
 SAMPLE_ROWS = 128  # the sample holds SAMPLE_ROWS..2*SAMPLE_ROWS rows (or the whole collection)
@@ -297,14 +299,28 @@ def _probe(
     return _Probe(int(row.n), int(row.hits), 2.0**-bits, float(row.reltuples), int(row.ef))
 
 
+def _with_columns(nearest: sa.Subquery, *extra: ColumnElement[Any]) -> sa.Select[Any]:
+    """The result columns of the ``nearest`` rows (ids and distances), joined by primary key.
+
+    Ranking carries only ids and distances: a search reads the text and metadata of k rows, not
+    of every row it ranks (fetching them for the 4k rows of a walk cost ~0.7 ms at k=10).
+    """
+    return (
+        sa.select(*_RESULT_COLUMNS, nearest.c.distance, *extra)
+        .join_from(nearest, memories, memories.c.id == nearest.c.id)
+        .order_by(nearest.c.distance)
+    )
+
+
 def _exact_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     matching = (
-        sa.select(*_RESULT_COLUMNS, distance.label("distance"), sa.func.count().over().label("total"))
+        sa.select(memories.c.id, distance.label("distance"), sa.func.count().over().label("total"))
         .where(where)
         .subquery("matching")
     )
-    return sa.select(matching).order_by(matching.c.distance).limit(k)
+    nearest = sa.select(matching).order_by(matching.c.distance).limit(k).subquery("nearest")
+    return _with_columns(nearest, nearest.c.total)
 
 
 def _exact(
@@ -322,26 +338,29 @@ def _exact(
 
 def _hnsw_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
     distance = distance_expression(info, None)
-    return (
-        sa.select(*_RESULT_COLUMNS, distance.label("distance"))
+    walk = (
+        sa.select(memories.c.id, distance.label("distance"))
         .where(where)
         .order_by(distance)
         .limit(HNSW_OVERFETCH * k)
+        .subquery("walk")
     )
+    # relaxed_order returns the matches only roughly by distance. Sorting by ``distance + 0``
+    # keeps PostgreSQL from taking the walk's order as exact and dropping the sort.
+    nearest = sa.select(walk).order_by(walk.c.distance + 0.0).limit(k).subquery("nearest")
+    return _with_columns(nearest)
 
 
 def _hnsw(
     conn: Connection, info: CollectionInfo, where: ColumnElement[bool], query: npt.NDArray[np.float32], k: int
 ) -> list[sa.Row[Any]]:
-    """The walk's nearest k of the ``HNSW_OVERFETCH * k`` matches it fetched. relaxed_order may
-    return them slightly out of order, so they are sorted here (an ORDER BY around the walk would
-    be dropped by the planner, which takes the index order as exact)."""
+    """The nearest k of the ``HNSW_OVERFETCH * k`` matches the walk fetched (relaxed_order may
+    return them slightly out of order, so they are sorted again)."""
     shape = ("hnsw", info, k)
     build = partial(_hnsw_statement, info, k)
-    rows = _execute(
-        conn, shape, where, build, {QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec")}
+    return list(
+        _execute(conn, shape, where, build, {QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec")})
     )
-    return sorted(rows, key=lambda r: float(r.distance))[:k]
 
 
 # -- the planner ------------------------------------------------------------------------------

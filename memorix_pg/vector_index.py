@@ -61,8 +61,10 @@ _TYPE_SQL = {"vector": sql.SQL("vector"), "halfvec": sql.SQL("halfvec")}
 
 METADATA_GIN_INDEX = f"{SCHEMA}.memories_metadata_gin_idx"
 
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
+# A better-connected graph than pgvector's default (16, 64): no query trapped away from its
+# neighbours at ef_search 100 (recall@10 0.9995 vs 0.9915 at 100k; see memorix_pg.search).
+HNSW_M = 20
+HNSW_EF_CONSTRUCTION = 80
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def _rebuild_index(cid: int, dim: int, distance: str, column: str, kind: str, op
     drop = sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(SCHEMA, name))
     create = sql.SQL(
         "CREATE INDEX {name} ON {table} USING hnsw (({column}::{kind}({dim})) {opclass}) "
-        "WITH (m = 16, ef_construction = 64) WHERE collection_id = {cid}"
+        "WITH (m = 20, ef_construction = 80) WHERE collection_id = {cid}"
     ).format(
         name=sql.Identifier(name),
         table=sql.Identifier(SCHEMA, "memories"),
