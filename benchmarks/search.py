@@ -367,12 +367,14 @@ def ground_truth(data: Data, cells: list[Cell], alive: np.ndarray | None = None)
 class Memorix:
     name = "memorix-pg"
 
-    def __init__(self, url: str | None, data: Data) -> None:
+    def __init__(self, url: str | None, data: Data, precision: str = "full") -> None:
         from memorix_pg import HashEmbedder, MemoryAPI
 
         self.collection = f"search_bench_{uuid.uuid4().hex[:8]}"
         embedder = HashEmbedder(DIM)  # never called: embeddings are given
-        self.api = MemoryAPI(embedder=embedder, collection_name=self.collection, database_url=url)
+        self.api = MemoryAPI(
+            embedder=embedder, collection_name=self.collection, database_url=url, precision=precision
+        )
         self.url = self.api.database_url
         self.ids: dict[str, int] = {}
         self.plans: dict[str, Counter[str]] = {}
@@ -747,6 +749,12 @@ def main() -> None:
         help="shared_buffers of the temporary embedded server ('' keeps what memorix-pg sets for a new "
         "data dir: a quarter of the RAM, at most 1GB)",
     )
+    ap.add_argument(
+        "--precision",
+        choices=("full", "half"),
+        default="full",
+        help="memorix-pg collection precision (half: vectors stored as halfvec)",
+    )
     ap.add_argument("--out", default="search", help="results file stem in benchmarks/results")
     args = ap.parse_args()
     n = args.n if not args.real or args.n != 100_000 else 5_000
@@ -764,7 +772,7 @@ def main() -> None:
     with memorix_database() as (url, data_dir), chroma_client() as client:
         if url is None and data_dir is not None and args.shared_buffers:
             _set_shared_buffers(data_dir, args.shared_buffers)
-        mx = Memorix(url, data)
+        mx = Memorix(url, data, args.precision)
         systems.append(mx)
         pg = Pgvector(mx.url)
         systems.append(pg)
@@ -877,6 +885,7 @@ def main() -> None:
     result["meta"] = {
         **environment(),
         "memories": f"{n:,} x {DIM}-dim float32 unit vectors, {data.kind}",
+        "memorix-pg precision": args.precision,
         "queries per cell": f"{args.queries} (Chroma: {args.chroma_queries})",
         "k": K,
         "database": "MEMORIX_DATABASE_URL"
