@@ -108,6 +108,8 @@ def test_the_planner_takes_hnsw_for_unselective_and_exact_for_selective_filters(
     half = api.explain_retrieve(None, top_k=K, embedding=query, filter={"p2": 0})
     assert half.path == "hnsw", half
     assert half.selectivity is not None and 0.3 < half.selectivity < 0.7
+    # A filtered walk skips elements: it gets at least twice the unfiltered floor.
+    assert half.ef_search is not None and half.ef_search >= 2 * unfiltered.ef_search
     for selective in ({"bucket": 7}, {"g": 5}, {"g": -1}):
         plan = api.explain_retrieve(None, top_k=K, embedding=query, filter=selective)
         assert plan.path == "exact", (selective, plan)
