@@ -913,7 +913,7 @@ def main() -> None:
         "gets 200 warm-up searches.",
         "memorix plan: the path and ef_search (rounded down to 50) explain_retrieve reports for the "
         "cell's first queries, after the measured ones.",
-        "Measured at 300k and the plan for 1M+ memories: scaling.md (next to this file).",
+        "Measured at 300k and the plan for 1M+ memories: benchmarks/prototypes/scaling.md.",
     ]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     md = render(result)
