@@ -36,38 +36,40 @@ def _half_collections() -> list[tuple[int, int, str]]:
     return [(int(r.id), int(r.dimension), str(r.distance)) for r in rows]
 
 
-def _rebuild_index(cid: int, dim: int, distance: str, column: str, kind: str, opclass: str) -> None:
-    name = f"memories_embedding_hnsw_{cid}"
+MOVES = {
+    "embedding_half": "UPDATE memorix.memories SET embedding_half = embedding::halfvec, embedding = NULL "
+    "WHERE collection_id = :cid",
+    "embedding": "UPDATE memorix.memories SET embedding = embedding_half::vector, embedding_half = NULL "
+    "WHERE collection_id = :cid",
+}
+
+
+def _move_half_collections(column: str) -> None:
+    """Move every half collection's vectors into ``column`` and rebuild its index on it."""
     raw = op.get_bind().connection.driver_connection
-    drop = sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(SCHEMA, name))
-    create = sql.SQL(
-        "CREATE INDEX {name} ON {table} USING hnsw (({column}::{kind}({dim})) {opclass}) "
-        "WITH (m = 20, ef_construction = 80) WHERE collection_id = {cid}"
-    ).format(
-        name=sql.Identifier(name),
-        table=sql.Identifier(SCHEMA, "memories"),
-        column=sql.Identifier(column),
-        kind=sql.SQL(kind),
-        dim=sql.Literal(int(dim)),
-        opclass=sql.Identifier(opclass),
-        cid=sql.Literal(int(cid)),
-    )
-    op.execute(drop.as_string(raw))
-    op.execute(create.as_string(raw))
+    for cid, dim, distance in _half_collections():
+        op.execute(sa.text(MOVES[column]).bindparams(cid=cid))
+        name = f"memories_embedding_hnsw_{cid}"
+        create = sql.SQL(
+            "CREATE INDEX {name} ON {table} USING hnsw (({column}::halfvec({dim})) {opclass}) "
+            "WITH (m = 20, ef_construction = 80) WHERE collection_id = {cid}"
+        ).format(
+            name=sql.Identifier(name),
+            table=sql.Identifier(SCHEMA, "memories"),
+            column=sql.Identifier(column),
+            dim=sql.Literal(dim),
+            opclass=sql.Identifier(OPCLASS[distance]),
+            cid=sql.Literal(cid),
+        )
+        op.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(SCHEMA, name)).as_string(raw))
+        op.execute(create.as_string(raw))
 
 
 def upgrade() -> None:
     column = sa.Column("embedding_half", pgvector.sqlalchemy.HALFVEC(), nullable=True)
     op.add_column("memories", column, schema=SCHEMA)
     op.alter_column("memories", "embedding", nullable=True, schema=SCHEMA)
-    for cid, dim, distance in _half_collections():
-        op.execute(
-            sa.text(
-                "UPDATE memorix.memories SET embedding_half = embedding::halfvec, embedding = NULL "
-                "WHERE collection_id = :cid"
-            ).bindparams(cid=cid)
-        )
-        _rebuild_index(cid, dim, distance, "embedding_half", "halfvec", OPCLASS[distance])
+    _move_half_collections("embedding_half")
     op.create_check_constraint(
         "memories_one_embedding_check",
         "memories",
@@ -78,13 +80,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_constraint("memories_one_embedding_check", "memories", schema=SCHEMA, type_="check")
-    for cid, dim, distance in _half_collections():
-        op.execute(
-            sa.text(
-                "UPDATE memorix.memories SET embedding = embedding_half::vector, embedding_half = NULL "
-                "WHERE collection_id = :cid"
-            ).bindparams(cid=cid)
-        )
-        _rebuild_index(cid, dim, distance, "embedding", "halfvec", OPCLASS[distance])
+    _move_half_collections("embedding")
     op.alter_column("memories", "embedding", nullable=False, schema=SCHEMA)
     op.drop_column("memories", "embedding_half", schema=SCHEMA)
