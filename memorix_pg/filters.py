@@ -96,6 +96,7 @@ from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 from sqlalchemy.sql.elements import ColumnElement
 
 from memorix_pg.errors import FilterError
+from memorix_pg.validation import int_has_json_text
 
 __all__ = [
     "TEXT_INDEX_PREFIX",
@@ -200,13 +201,9 @@ def normalize_value(value: Any, where: str = "") -> JSONValue:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        try:
-            int.__repr__(value)  # its JSON text; Python refuses ints over sys.get_int_max_str_digits()
-        except ValueError:
+        if not int_has_json_text(value):
             digits = sys.get_int_max_str_digits()
-            raise FilterError(
-                f"an integer of more than {digits} digits cannot be compared{_at(where)}"
-            ) from None
+            raise FilterError(f"an integer of more than {digits} digits cannot be compared{_at(where)}")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):

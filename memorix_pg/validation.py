@@ -28,6 +28,7 @@ __all__ = [
     "check_text",
     "check_timestamp",
     "clean_metadata",
+    "int_has_json_text",
     "parse_id",
 ]
 
@@ -63,18 +64,26 @@ def _unencodable(text: str) -> bool:
     return False
 
 
+def int_has_json_text(value: int) -> bool:
+    """False for an int Python refuses to print (over ``sys.get_int_max_str_digits()`` digits),
+    which therefore cannot become JSON."""
+    try:
+        int.__repr__(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _clean(value: Any, path: str, depth: int) -> Any:
     if depth > MAX_METADATA_DEPTH:
         raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels at {path!r}")
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        try:
-            int.__repr__(value)  # its JSON text; Python refuses ints over sys.get_int_max_str_digits()
-        except ValueError:
+        if not int_has_json_text(value):
             raise InvalidInput(
                 f"metadata value at {path!r} is an integer of more than {sys.get_int_max_str_digits()} digits"
-            ) from None
+            )
         return int(value)
     if isinstance(value, str):
         if "\x00" in value:
