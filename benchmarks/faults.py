@@ -8,7 +8,7 @@ Always on its own embedded server in a temporary MEMORIX_DATA_DIR (MEMORIX_DATAB
 ignored: the server is killed 4 x ``--trials`` times). The kill is SIGKILL to the postmaster's
 process group, postmaster and backends at once; the first call after it (on the same
 MemoryAPI object, or every fifth trial a new one) starts the server again. Kill points, chosen
-at random per trial (see ``FaultLab`` in tests/foundation_helpers.py):
+at random per trial (see ``FaultLab`` in tests/support/fault_lab.py):
 
 - store_batch of ``--batch-rows`` rows with precomputed embeddings: at a random fraction of the
   COPY (``pg_stat_progress_copy``), or with every row written and the statement waiting in its
@@ -45,13 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, ResultTable, environment  # noqa: E402
 
-from tests.foundation_helpers import (  # noqa: E402
-    TRIAL_COLUMNS,
-    FaultLab,
-    Trial,
-    format_trials,
-    postgres_processes,
-)
+from tests.support.fault_lab import TRIAL_COLUMNS, FaultLab, Trial, format_trials  # noqa: E402
+from tests.support.helpers import postgres_processes  # noqa: E402
 
 
 def summary_rows(trials: list[Trial], violations: dict[str, list[str]]) -> list[list[object]]:

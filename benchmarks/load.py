@@ -36,15 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, ResultTable, drop_memorix_collections, environment, memorix_database  # noqa: E402
 
-from tests.foundation_helpers import (  # noqa: E402
-    LOAD_INFO,
-    latency_rows,
-    load_inconsistencies,
-    postgres_processes,
-    python_env,
-    run_load,
-    verify_load,
-)
+from tests.support.helpers import postgres_processes, python_env  # noqa: E402
+from tests.support.load import LOAD_INFO, latency_rows, load_inconsistencies, run_load, verify_load  # noqa: E402
 
 
 def main() -> int:

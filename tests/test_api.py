@@ -20,7 +20,7 @@ from memorix_pg import (
     MemoryNotFound,
     SentenceTransformerEmbedder,
 )
-from tests.foundation_helpers import CountingEmbedder, sql_rows, sql_value, unit_vectors
+from tests.support.helpers import CountingEmbedder, sql_rows, sql_value, unit_vectors
 
 HASH_DIM = 384
 

@@ -9,7 +9,7 @@ import pytest
 
 from memorix_pg import ConfigurationError, HashEmbedder, SentenceTransformerEmbedder
 from memorix_pg import embedders as embedders_module
-from tests.foundation_helpers import python_env, run_python
+from tests.support.helpers import python_env, run_python
 
 SAMPLES = ["the cat sat on the mat", "Quarterly tax filing!", "ünïcödé text", "?!"]
 

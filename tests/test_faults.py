@@ -29,20 +29,15 @@ import pytest
 
 from memorix_pg import DatabaseUnavailable, HashEmbedder, MemoryAPI
 from memorix_pg.server import embedded_server_status, ensure_embedded_server, stop_embedded_server
-from tests.foundation_helpers import (
+from tests.support.fault_lab import (
     FAST_CRASH_RECOVERY,
     Activity,
     FaultLab,
     OpThread,
     format_trials,
     kill_embedded_server,
-    pid_alive,
-    postgres_processes,
-    sql_exec,
-    sql_value,
-    unit_vectors,
-    wait_for,
 )
+from tests.support.helpers import pid_alive, postgres_processes, sql_exec, sql_value, unit_vectors, wait_for
 
 TRIALS = 5
 SEED = int(os.environ.get("MEMORIX_FAULT_SEED", "6"))

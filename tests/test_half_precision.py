@@ -21,7 +21,7 @@ import pytest
 from memorix_pg import MemoryAPI
 from memorix_pg.migrate import downgrade, upgrade
 from memorix_pg.transfer import export_jsonl, import_jsonl
-from tests.foundation_helpers import sql_rows, sql_value, unit_vectors
+from tests.support.helpers import sql_rows, sql_value, unit_vectors
 
 DIM = 32
 K = 10

@@ -5,7 +5,7 @@ What every test here holds the library to (issue 6):
 * A bad argument fails with a ``memorix_pg.errors.MemorixError`` (also a ``ValueError`` when it
   is a bad argument) whose message names what was wrong, and NOTHING is written: the raw row
   counts and a digest of every row of ``memorix.memories`` and ``memorix.collections``
-  (:func:`tests.foundation_helpers.db_fingerprint`) are unchanged.
+  (:func:`tests.support.helpers.db_fingerprint`) are unchanged.
 * Nothing a caller sends becomes SQL text. Metadata keys and values, filter keys and operands,
   collection names, tenants and ids travel as bound parameters only: the SQL text the library
   sends (captured with a ``before_cursor_execute`` listener on its engine) never contains them;
@@ -43,7 +43,7 @@ from memorix_pg import ConfigurationError, FilterError, InvalidInput, MemorixErr
 from memorix_pg.cli import main as cli_main
 from memorix_pg.crypto import generate_key
 from memorix_pg.filters import compile_filter
-from tests.foundation_helpers import CapturedSQL, db_fingerprint, nested, sql_rows, sql_value, unit_vectors
+from tests.support.helpers import CapturedSQL, db_fingerprint, nested, sql_rows, sql_value, unit_vectors
 
 DIM = 384  # the hash embedder's
 MiB = 1 << 20

@@ -20,7 +20,7 @@ from memorix_pg import ingest as ingest_module
 from memorix_pg.api import EMBED_BATCH
 from memorix_pg.database import get_engine
 from memorix_pg.ingest import COPY_MIN_ROWS
-from tests.foundation_helpers import CountingEmbedder, unit_vectors
+from tests.support.helpers import CountingEmbedder, unit_vectors
 
 
 def sql(url: str, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -35,7 +35,7 @@ from memorix_pg import (
 from memorix_pg.cache import EmbeddingCache
 from memorix_pg.database import get_engine
 from memorix_pg.lifecycle import extractive_summary
-from tests.foundation_helpers import CountingEmbedder, unit_vectors
+from tests.support.helpers import CountingEmbedder, unit_vectors
 
 # SQLAlchemy deprecations become errors in its next major release: fail on them now.
 pytestmark = pytest.mark.filterwarnings("error::sqlalchemy.exc.SADeprecationWarning")

@@ -6,7 +6,7 @@ A scaled-down run of benchmarks/load.py (4 x 2,500 stores): 4 writer processes x
 ``store`` calls, one reader (retrieve, filtered retrieve, count, filtered count), one deleter
 (stores batches of its own marked memories and delete_by_filter's them, keeping every third
 batch) and one archiver (the same with archive). The workers live in
-tests/foundation_helpers.py (LOAD_WORKER, run_load, verify_load).
+tests/support/load_worker.py, the driver in tests/support/load.py (run_load, verify_load).
 """
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from pathlib import Path
 import pytest
 
 from memorix_pg import MemoryAPI
-from tests.foundation_helpers import (
-    load_inconsistencies,
-    private_data_dir,
-    python_env,
-    run_load,
-    sql_rows,
-    verify_load,
-)
+from tests.support.helpers import private_data_dir, python_env, sql_rows
+from tests.support.load import load_inconsistencies, run_load, verify_load
 
 WRITERS = 4
 STORES = 150

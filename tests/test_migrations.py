@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from memorix_pg.database import get_engine
 from memorix_pg.migrate import current_revision, downgrade, head_revision, upgrade
 from memorix_pg.models import SCHEMA, Base
-from tests.foundation_helpers import REPO_ROOT, python_env, sql_rows, sql_value
+from tests.support.helpers import REPO_ROOT, python_env, sql_rows, sql_value
 
 TABLES = ("collections", "memories")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from memorix_pg import MemoryAPI
-from tests.foundation_helpers import unit_vectors
+from tests.support.helpers import unit_vectors
 
 DIM = 32
 N = 20_000

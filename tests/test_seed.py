@@ -19,7 +19,7 @@ import pytest
 
 from memorix_pg import FilterError, MemorixError, Memory, MemoryAPI, SentenceTransformerEmbedder
 from memorix_pg.server import stop_embedded_server
-from tests.foundation_helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 SEED = REPO_ROOT / "tests" / "seed" / "memory-management.md"
 SHARED_SEED = REPO_ROOT.parent / "shared" / "seed" / "memory-management.md"

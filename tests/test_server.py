@@ -22,7 +22,7 @@ import pytest
 
 from memorix_pg import ConfigurationError, DatabaseUnavailable, MemoryAPI, PgvectorMissing
 from memorix_pg.server import embedded_server_status, ensure_embedded_server, stop_embedded_server
-from tests.foundation_helpers import (
+from tests.support.helpers import (
     pid_alive,
     private_data_dir,
     run_python,
