@@ -18,10 +18,7 @@ from click.testing import CliRunner
 from memorix_pg import MemoryAPI
 from memorix_pg.cli import main as cli_main
 from tests.support.helpers import db_fingerprint, nested
-from tests.support.hostile import (
-    INJECTIONS,
-    NAN,
-)
+from tests.support.hostile import INJECTIONS, NAN
 
 # =============================================================================================
 # CLI

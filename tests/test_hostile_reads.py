@@ -22,15 +22,7 @@ from memorix_pg import ConfigurationError, FilterError, MemoryAPI
 from memorix_pg.crypto import generate_key
 from memorix_pg.filters import compile_filter
 from tests.support.helpers import nested
-from tests.support.hostile import (
-    EMBEDDING_CASES,
-    INF,
-    NAN,
-    MiB,
-    _Unserialisable,
-    expect_rejection,
-    open_api,
-)
+from tests.support.hostile import EMBEDDING_CASES, INF, NAN, MiB, _Unserialisable, expect_rejection, open_api
 
 # =============================================================================================
 # retrieve, count, delete_by_filter
