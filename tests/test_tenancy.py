@@ -80,7 +80,7 @@ def test_an_id_of_another_tenant_cannot_be_taken_over(make_api, owner: MemoryAPI
     assert alice.get(a_id).text == "alice's secret"  # type: ignore[union-attr]
 
 
-@pytest.mark.embedded_server  # the app role logs in without a password
+@pytest.mark.embedded_server("the application role logs in without a password")
 def test_raw_sql_as_the_app_role_cannot_cross_tenants(make_api, owner: MemoryAPI, app_url: str) -> None:  # type: ignore[no-untyped-def]
     alice = make_api("shared", tenant="alice")
     bob = make_api("shared", tenant="bob")
@@ -117,7 +117,7 @@ def test_raw_sql_as_the_app_role_cannot_cross_tenants(make_api, owner: MemoryAPI
     assert bob.get(b_id).text == "bob's diary"  # type: ignore[union-attr]
 
 
-@pytest.mark.embedded_server  # the app role logs in without a password
+@pytest.mark.embedded_server("the application role logs in without a password")
 def test_the_library_works_as_the_app_role(owner: MemoryAPI, app_url: str) -> None:
     alice = MemoryAPI(
         embedder="hash", collection_name="shared", database_url=app_url, tenant="alice", auto_migrate=False

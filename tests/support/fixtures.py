@@ -34,8 +34,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="URL",
         help=(
             "run the tests on this PostgreSQL server (with pgvector available) instead of an "
-            "embedded one: an admin URL whose user may CREATE DATABASE (and CREATE ROLE for the "
-            f"tenancy tests); each test gets a database of its own there. Default: ${DATABASE_URL_ENV}"
+            "embedded one: an admin URL whose user may CREATE DATABASE; each test gets a database "
+            f"of its own there. Default: ${DATABASE_URL_ENV}"
         ),
     )
 
@@ -43,7 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "embedded_server: needs the session's server to be the embedded one (skipped with --database-url)",
+        "embedded_server(why): needs the session's server to be the embedded one "
+        "(skipped with --database-url)",
     )
 
 
@@ -56,13 +57,16 @@ def user_database_url(config: pytest.Config) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if user_database_url(config) is None:
         return
-    skip = pytest.mark.skip(
-        reason="needs the embedded test server; this session runs on the server given with "
-        f"--database-url / ${DATABASE_URL_ENV}"
-    )
     for item in items:
-        if item.get_closest_marker("embedded_server") is not None:
-            item.add_marker(skip)
+        marker = item.get_closest_marker("embedded_server")
+        if marker is not None:
+            why = f" ({marker.args[0]})" if marker.args else ""
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs the embedded test server{why}; this session runs on the server "
+                    f"given with --database-url / ${DATABASE_URL_ENV}"
+                )
+            )
 
 
 @pytest.fixture(scope="session")
