@@ -40,8 +40,6 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 BACKEND_ENV = "MEMORIX_EMBED_BACKEND"
 # In auto mode, calls with at least this many texts run on torch (None: never). See the docstring.
 TORCH_MIN_BATCH: int | None = None
-# Texts per onnxruntime call (sorted by length first, so little padding).
-ONNX_BATCH_SIZE = 32
 ACCEPTED = (
     "'sentence-transformers', 'sentence-transformers/<model name or local path>', 'hash', "
     "or an object with name, dim and embed(texts)"
@@ -200,10 +198,12 @@ class SentenceTransformerEmbedder:
         return "onnx" if self._onnx_model() is not None else "torch"
 
     def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         if self.backend_for(len(texts)) == "onnx":
             onnx = self._onnx_model()
             assert onnx is not None  # backend_for said so
-            return onnx.encode(texts, batch_size=ONNX_BATCH_SIZE).reshape(len(texts), self.dim)
+            return onnx.encode(texts).reshape(len(texts), self.dim)
         st = _load_sentence_transformer(self.model)
         vectors = st.encode(
             list(texts),
@@ -235,6 +235,10 @@ class SentenceTransformerEmbedder:
 
         try:
             source = _model_source(self.model)
+            if source is None and self.backend == "auto":
+                # A hub name: sentence-transformers finds it in its own cache; ONNX has no files.
+                self._onnx_failed = "not a local model directory"
+                return
             if source is None:
                 raise OnnxUnsupported(
                     f"{self.model!r} is not a local model directory; "

@@ -398,35 +398,52 @@ class OnnxModel:
         )
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         # tokenizer.json may carry its own (e.g. fixed 128-token) settings: use the model's.
-        tokenizer.no_truncation()
+        # Padding is done here, per batch of similar lengths, not by the tokenizer.
         tokenizer.no_padding()
+        tokenizer.no_truncation()
         tokenizer.enable_truncation(max_length=int(manifest["max_seq_length"]))
-        tokenizer.enable_padding(
-            direction=str(manifest.get("padding_side", "right")),
-            pad_id=int(manifest["pad_id"]),
-            pad_type_id=int(manifest.get("pad_type_id", 0)),
-            pad_token=str(manifest["pad_token"]),
-        )
         self._tokenizer = tokenizer
+        self._pad = (int(manifest["pad_id"]), int(manifest.get("pad_type_id", 0)))
+        self._left = manifest.get("padding_side") == "left"
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
-        """Embed ``texts``; batches are formed from texts of similar length (less padding)."""
+    def encode(self, texts: Sequence[str], max_rows: int = 64, max_tokens: int = 2048) -> Vectors:
+        """Embed ``texts``: sorted by token count, run in batches of at most ``max_rows`` texts and
+        ``max_tokens`` padded tokens (a long text does not pad 63 short ones to 256 tokens)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         prepared = [t.lower() for t in texts] if self._lower else list(texts)
-        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            encodings = self._tokenizer.encode_batch([prepared[i] for i in rows])
-            columns = {
-                "input_ids": [e.ids for e in encodings],
-                "attention_mask": [e.attention_mask for e in encodings],
-                "token_type_ids": [e.type_ids for e in encodings],
-            }
-            feeds = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
-            out[rows] = self._session.run(None, feeds)[0]
+        encodings = self._tokenizer.encode_batch(prepared)
+        lengths = [len(e.ids) for e in encodings]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order)
+                and end - start < max_rows
+                and (end - start + 1) * lengths[order[end]] <= max_tokens
+            ):
+                end += 1
+            rows = order[start:end]
+            out[rows] = self._run([encodings[i] for i in rows], lengths[rows[-1]])
+            start = end
         return out
+
+    def _run(self, encodings: list[Any], width: int) -> Vectors:
+        pad_id, pad_type_id = self._pad
+        ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.full((len(encodings), width), pad_type_id, dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            span = slice(width - n, width) if self._left else slice(0, n)
+            ids[row, span] = encoding.ids
+            mask[row, span] = 1
+            types[row, span] = encoding.type_ids
+        columns = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        result = self._session.run(None, {name: columns[name] for name in self._inputs})[0]
+        return np.asarray(result, dtype=np.float32)
 
 
 _loaded: dict[Path, OnnxModel] = {}
