@@ -44,7 +44,7 @@ embedder = SentenceTransformerEmbedder()
 vectors = embedder.embed(json.loads(sys.argv[1]))
 onnx = embedder._onnx
 print(json.dumps({
-    "backend": embedder.backend_for(1),
+    "backend": embedder.active_backend(),
     "export": str(onnx.directory) if onnx is not None else None,
     "vectors": vectors.tolist(),
     "modules": [
