@@ -80,8 +80,12 @@ class OnnxUnsupported(ConfigurationError):
 
 
 def models_dir(data_dir: Path | None = None) -> Path:
-    """Where exports are cached: ``<data dir>/models`` (``$MEMORIX_DATA_DIR`` or the user data dir)."""
+    """Where exports are cached: ``$MEMORIX_MODELS_DIR`` if set, else ``<data dir>/models``
+    (``$MEMORIX_DATA_DIR`` or the user data dir)."""
     if data_dir is None:
+        configured = os.environ.get("MEMORIX_MODELS_DIR")
+        if configured:
+            return Path(configured).expanduser().resolve()
         from .server import default_data_dir
 
         data_dir = default_data_dir()
@@ -224,6 +228,8 @@ def _describe_pipeline(st: Any) -> tuple[Any, str]:
     tokenizer = getattr(transformer, "tokenizer", None)
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise OnnxUnsupported("the model has no fast tokenizer (tokenizer.json) to run without transformers")
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        raise OnnxUnsupported("the model's tokenizer has no padding token")
     return transformer, str(mode)
 
 
@@ -325,6 +331,10 @@ def ensure_export(
             return target
         if problem != "absent":
             warnings.warn(f"rebuilding the ONNX export {target}: {problem}", RuntimeWarning, stacklevel=3)
+        # Only the lock holder stages this export: what is left is from an exporter that died.
+        for debris in cache.glob(f".{target.name}.*"):
+            if debris.is_dir():
+                shutil.rmtree(debris, ignore_errors=True)
         st = load_sentence_transformer()
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
         try:
@@ -446,19 +456,29 @@ class OnnxModel:
         return np.asarray(result, dtype=np.float32)
 
 
-_loaded: dict[Path, OnnxModel] = {}
+_loaded: dict[str, OnnxModel] = {}  # by model key
 _loaded_lock = threading.Lock()
 
 
 def load_onnx_model(
     model: str, source: Path, load_sentence_transformer: Callable[[], Any], cache: Path | None = None
 ) -> OnnxModel:
-    """The process-wide :class:`OnnxModel` of ``model``, exporting it first if the cache lacks it."""
+    """The process-wide :class:`OnnxModel` of ``model``, exporting it first if the cache lacks it.
+
+    A model already loaded in this process is reused even when the cache dir has changed since
+    (another ``MEMORIX_DATA_DIR``): its files are the same, so there is nothing to export again.
+    """
+    cache = models_dir() if cache is None else cache
+    key = model_key(source, cache)
+    with _loaded_lock:
+        loaded = _loaded.get(key)
+    if loaded is not None:
+        return loaded
     directory = ensure_export(model, source, load_sentence_transformer, cache)
     with _loaded_lock:
-        loaded = _loaded.get(directory)
+        loaded = _loaded.get(key)
         if loaded is None:
-            loaded = _loaded[directory] = OnnxModel(directory)
+            loaded = _loaded[key] = OnnxModel(directory)
         return loaded
 
 

@@ -83,7 +83,8 @@ def test_the_default_model_dimension_is_known_without_loading_it() -> None:
 
 @pytest.fixture(scope="module")
 def minilm() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder()
+    """The model on torch (the ONNX backend has its own tests in test_onnx_embedder.py)."""
+    return SentenceTransformerEmbedder(backend="torch")
 
 
 def test_the_default_model_embeds_unit_vectors_with_meaning(minilm: SentenceTransformerEmbedder) -> None:
@@ -97,7 +98,7 @@ def test_the_default_model_embeds_unit_vectors_with_meaning(minilm: SentenceTran
 def test_the_model_is_loaded_once_per_process(minilm: SentenceTransformerEmbedder) -> None:
     minilm.embed(["warm up"])
     loaded = embedders_module._load_sentence_transformer("all-MiniLM-L6-v2")
-    other = SentenceTransformerEmbedder()
+    other = SentenceTransformerEmbedder(backend="torch")
     other.embed(["again"])
     assert embedders_module._load_sentence_transformer("all-MiniLM-L6-v2") is loaded
     assert list(embedders_module._models) == ["all-MiniLM-L6-v2"]

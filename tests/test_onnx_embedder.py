@@ -237,6 +237,10 @@ def test_a_damaged_export_is_detected_and_rebuilt(export_dir: Path, tmp_path: Pa
             f.truncate(1000)
     else:
         (copy / MANIFEST).unlink()
+    # And the staging directory of an exporter that was killed.
+    debris = cache / f".{copy.name}.killed"
+    debris.mkdir()
+    (debris / MODEL_FILE).write_bytes(b"partial")
     assert verify_export(copy) is not None
     [listed] = list_exports(cache)
     assert listed.problem is not None
@@ -255,6 +259,7 @@ def test_a_damaged_export_is_detected_and_rebuilt(export_dir: Path, tmp_path: Pa
         OnnxModel(rebuilt).encode(PROBES), OnnxModel(export_dir).encode(PROBES), atol=1e-6
     )
     assert [p.name for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")] == [copy.name]
+    assert not debris.exists()
 
 
 def test_the_cache_key_follows_the_model_files(tmp_path: Path) -> None:
@@ -282,6 +287,12 @@ def test_models_command_lists_exports_and_sizes(data_dir: Path, export_dir: Path
     assert f"{size_mb:.1f} MB" in line
     assert line.endswith("ok")
 
+    elsewhere = CliRunner().invoke(
+        main,
+        ["models"],
+        env={"MEMORIX_DATA_DIR": "/nonexistent", "MEMORIX_MODELS_DIR": str(data_dir / "models")},
+    )
+    assert export_dir.name in elsewhere.output
     empty = CliRunner().invoke(main, ["models"], env={"MEMORIX_DATA_DIR": str(data_dir / "nothing")})
     assert "(no cached exports)" in empty.output
     refused = CliRunner().invoke(main, ["models", "--export", "--embedder", "hash"])
