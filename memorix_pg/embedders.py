@@ -14,14 +14,15 @@ change and collections created on either backend open on the other.
 
 ``auto`` (the default) runs every call on ONNX, whatever its size, and torch only when the model
 cannot be exported (not a local directory, a pipeline the export does not cover, no writable
-data dir). The choice was measured with ``benchmarks/embedding.py`` (2 cores, both backends in
-the same run, results in ``benchmarks/results/embedding.md``): ONNX was faster at every batch size,
-not just for queries. One sentence 2.5 ms vs 9.2 ms; calls of 8 / 64 / 256 short texts 314 / 359
-/ 511 texts/s vs 162 / 157 / 234; ``store_batch`` of 1,024 texts 290 vs 168 texts/s. ONNX batches
-texts of similar token counts under a padded-token budget, where sentence-transformers pads a
-batch of 64 to its longest text: with 2% of texts over 256 tokens, calls of 64 ran at 317 vs 24
-texts/s. A process on ONNX also starts in 0.6 s instead of 4.6 s (no torch import) and peaks at
-373 MB instead of 1.2 GB. So large batches gain nothing from torch here, and torch is left to
+cache dir). The choice was measured with ``benchmarks/embedding.py`` (2 cores shared with other
+work, both backends alternating in one run; ``benchmarks/results/embedding.md``): ONNX was faster
+at every call size, not only for queries. One sentence p50 2.5 ms vs 7.1 ms; calls of 8 / 64 / 256
+short texts 278 / 343 / 290 texts/s vs 166 / 164 / 251 (an earlier run: 314 / 359 / 511 vs
+162 / 157 / 234); ``store_batch`` of 1,024 texts 319 vs 167 texts/s. ONNX batches texts of
+similar token counts under a padded-token budget, where sentence-transformers pads each batch of
+64 to its longest text: with 2% of texts over 256 tokens, calls of 64 ran at 283 vs 25 texts/s.
+A process on ONNX also starts in 0.6 s instead of 4 s (no torch import) and peaks at 373 MB
+instead of 1.2 GB. So large batches gain nothing from torch here; torch runs when forced with
 ``MEMORIX_EMBED_BACKEND=torch`` (or ``backend="torch"``).
 """
 
