@@ -24,8 +24,8 @@ from memorix_pg.filters import (
     normalize_value,
     parse,
 )
-from memorix_pg.filters import _jp_str as jp_str
-from memorix_pg.filters import _like_to_regex as like_to_regex
+from memorix_pg.filters.jsonpath import jsonpath_string as jp_str
+from memorix_pg.filters.parser import like_to_regex
 
 docs = table("docs", column("id", Integer), column("metadata", JSONB))
 DIALECT = postgresql.dialect()
