@@ -1,0 +1,388 @@
+"""Running operations (steps.py) on real connections: transactions, pipelines, errors, retries.
+
+The sync and the async runner differ only in ``await``: each drives the same generator, sends
+``BEGIN``, the ``SET LOCAL`` settings and a batch's statements in one pipeline (one round trip),
+commits with the batch the operation marks final, rolls back on any error or cancellation, and
+translates the database's errors into the library's own by psycopg's error classes.
+
+A connection that turns out dead is replaced and the call run again once, when that is safe:
+always when no connection could be opened (nothing was sent), otherwise only for idempotent
+calls (reads). A dead embedded server is started again first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from .connections import AsyncSource, SyncSource
+from .database import libpq_url, redact_url, unavailable
+from .errors import FilterError, MemorixError, PermissionDenied
+from .steps import Admin, Batch, Call, Copy, Offload, Operation, Query, Result, Rollback, Step, set_local
+
+__all__ = ["AsyncRunner", "SyncRunner", "translate", "watch_statements"]
+
+T = TypeVar("T")
+
+_BEGIN = Query(b"BEGIN")
+_COMMIT = Query(b"COMMIT")
+_ROLLBACK = Query(b"ROLLBACK")
+_LOST_CLASSES = (
+    pg_errors.AdminShutdown,
+    pg_errors.CrashShutdown,
+    pg_errors.CannotConnectNow,
+    pg_errors.ConnectionException,
+)
+
+
+def is_lost(exc: BaseException, conn: Any = None) -> bool:
+    """The server is unreachable or went away (not a failed statement)."""
+    if isinstance(exc, _LOST_CLASSES):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        # No SQLSTATE: the connection failed, not a statement (a lock timeout has one).
+        return exc.sqlstate is None or (conn is not None and (conn.closed or conn.broken))
+    return False
+
+
+def translate(exc: BaseException, url: str) -> BaseException:
+    """The library's error for a database error a caller can cause; others pass unchanged."""
+    if isinstance(exc, MemorixError):
+        return exc
+    if isinstance(exc, pg_errors.InvalidRegularExpression):
+        return FilterError(f"invalid $regex: {str(exc).splitlines()[0]}")
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        message = str(exc).splitlines()[0]
+        return PermissionDenied(f"the database refused: {message} (role in {redact_url(url)})")
+    if is_lost(exc):
+        return unavailable(url, exc)
+    return exc
+
+
+_watchers: dict[str, list[list[tuple[str, Any]]]] = {}
+_watchers_lock = threading.Lock()
+
+
+@contextmanager
+def watch_statements(url: str) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the library sends to ``url`` while the block runs, as (SQL text with
+    ``%(name)s`` placeholders, parameters): for tests, and to see what a call costs."""
+    key = libpq_url(url)
+    sent: list[tuple[str, Any]] = []
+    with _watchers_lock:
+        _watchers.setdefault(key, []).append(sent)
+    try:
+        yield sent
+    finally:
+        with _watchers_lock:
+            _watchers[key].remove(sent)
+            if not _watchers[key]:
+                del _watchers[key]
+
+
+def _record(url: str, conn: Any, text: Any, params: Any) -> None:
+    statement = text.as_string(conn) if isinstance(text, sql.Composable) else bytes(text).decode()
+    for sent in _watchers.get(url, ()):
+        sent.append((statement, params))
+
+
+class _Lost(Exception):
+    """The connection died; ``sent`` says whether anything may have reached the server."""
+
+    def __init__(self, cause: BaseException, sent: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.sent = sent
+
+
+@dataclass
+class _Transaction:
+    settings: tuple[Query, ...]
+    session: frozenset[tuple[str, str]]  # settings the connection has already: not sent again
+    open: bool = False
+    results: list[Result] = field(default_factory=list)
+
+    def plan(self, batch: Batch) -> tuple[list[Query], int]:
+        """The statements to send for ``batch`` and where its own results start."""
+        if batch.settings and self.session:
+            batch = Batch(
+                batch.queries, batch.final, tuple(s for s in batch.settings if s not in self.session)
+            )
+        queries: list[Query] = []
+        if not self.open:
+            if not batch.queries:
+                return [], 0  # nothing to run, no transaction to end
+            if batch.final and not self.settings and not batch.settings and len(batch.queries) == 1:
+                return list(batch.queries), 0  # one statement: its own implicit transaction
+            queries += [_BEGIN, *self.settings]
+            self.open = True
+        queries += [set_local(name, value) for name, value in batch.settings]
+        start = len(queries)
+        queries += batch.queries
+        if batch.final:
+            queries.append(_COMMIT)
+            self.open = False
+        return queries, start
+
+
+def _result(cursor: Any) -> Result:
+    rows = cursor.fetchall() if cursor.description is not None else []
+    return Result(rows, cursor.rowcount)
+
+
+class SyncRunner:
+    """Runs calls on connections from ``source``; ``settings`` open every scoped transaction."""
+
+    def __init__(
+        self,
+        source: SyncSource,
+        url: str,
+        settings: tuple[Query, ...] = (),
+        restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.url = url
+        self.settings = settings
+        self.restart = restart
+
+    def run(self, call: Call[T]) -> T:
+        try:
+            return self._run_once(call)
+        except _Lost as lost:
+            if lost.sent and not call.idempotent:
+                raise unavailable(self.url, lost.cause) from None
+            if self.restart is not None:
+                self.restart()
+            try:
+                return self._run_once(call)
+            except _Lost as again:
+                raise unavailable(self.url, again.cause) from None
+
+    def _acquire(self) -> psycopg.Connection[Any]:
+        try:
+            return self.source.acquire()
+        except psycopg.Error as exc:
+            raise _Lost(exc, sent=False) from None
+
+    def _run_once(self, call: Call[T]) -> T:
+        op: Operation[T] = call.make()
+        tx = _Transaction(self.settings if call.scoped else (), self.source.session_settings)
+        conn: psycopg.Connection[Any] | None = None
+        admin: psycopg.Connection[Any] | None = None
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step: Step = op.send(value) if error is None else op.throw(error)
+                except StopIteration as stop:
+                    if conn is not None and tx.open:
+                        self._send(conn, [_COMMIT])
+                        tx.open = False
+                    return stop.value  # type: ignore[no-any-return]
+                value, error = None, None
+                try:
+                    if isinstance(step, Offload):
+                        value = step.function(*step.args)
+                    elif isinstance(step, Rollback):
+                        if conn is not None and tx.open:
+                            tx.open = False
+                            self._send(conn, [_ROLLBACK])
+                    elif isinstance(step, Admin):
+                        admin = admin or self._acquire()
+                        value = self._send(admin, list(step.queries))
+                    else:
+                        conn = conn or self._acquire()
+                        value = self._in_transaction(conn, tx, step)
+                except psycopg.Error as exc:
+                    if is_lost(exc, conn if not isinstance(step, Admin) else admin):
+                        op.close()
+                        raise _Lost(exc, sent=True) from None
+                    error = exc
+                except Exception as exc:
+                    error = exc
+        except _Lost:
+            raise
+        except BaseException as exc:
+            translated = translate(exc, self.url)
+            if translated is exc:
+                raise
+            raise translated from None
+        finally:
+            for held in (conn, admin):
+                if held is not None:
+                    self._give_back(held)
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        status = conn.info.transaction_status
+        if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR) and not conn.broken:
+            try:
+                conn.execute(b"ROLLBACK")
+            except psycopg.Error:
+                pass
+        self.source.release(conn)
+
+    def _in_transaction(self, conn: psycopg.Connection[Any], tx: _Transaction, step: Batch | Copy) -> Any:
+        if isinstance(step, Copy):
+            if not tx.open:
+                self._send(conn, [_BEGIN, *tx.settings])
+                tx.open = True
+            if _watchers:
+                _record(self.url, conn, step.statement, None)
+            with conn.cursor() as cursor, cursor.copy(step.statement) as copy:
+                copy.set_types(list(step.types))
+                count = 0
+                for row in step.rows:
+                    copy.write_row(row)
+                    count += 1
+            return count
+        queries, start = tx.plan(step)
+        if not queries:
+            return []
+        return self._send(conn, queries)[start : start + len(step.queries)]
+
+    def _send(self, conn: psycopg.Connection[Any], queries: list[Query]) -> list[Result]:
+        if _watchers:
+            for q in queries:
+                _record(self.url, conn, q.text, q.params)
+        if len(queries) == 1:
+            q = queries[0]
+            return [_result(conn.execute(q.text, q.params, prepare=q.prepare))]
+        with conn.pipeline():
+            cursors = [conn.execute(q.text, q.params, prepare=q.prepare) for q in queries]
+        return [_result(c) for c in cursors]
+
+
+class AsyncRunner:
+    """The same as :class:`SyncRunner`, awaited."""
+
+    def __init__(
+        self,
+        source: AsyncSource,
+        url: str,
+        settings: tuple[Query, ...] = (),
+        restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.url = url
+        self.settings = settings
+        self.restart = restart
+
+    async def run(self, call: Call[T]) -> T:
+        try:
+            return await self._run_once(call)
+        except _Lost as lost:
+            if lost.sent and not call.idempotent:
+                raise unavailable(self.url, lost.cause) from None
+            if self.restart is not None:
+                await asyncio.to_thread(self.restart)
+            try:
+                return await self._run_once(call)
+            except _Lost as again:
+                raise unavailable(self.url, again.cause) from None
+
+    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await self.source.acquire()
+        except psycopg.Error as exc:
+            raise _Lost(exc, sent=False) from None
+
+    async def _run_once(self, call: Call[T]) -> T:
+        op: Operation[T] = call.make()
+        tx = _Transaction(self.settings if call.scoped else (), self.source.session_settings)
+        conn: psycopg.AsyncConnection[Any] | None = None
+        admin: psycopg.AsyncConnection[Any] | None = None
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step: Step = op.send(value) if error is None else op.throw(error)
+                except StopIteration as stop:
+                    if conn is not None and tx.open:
+                        await self._send(conn, [_COMMIT])
+                        tx.open = False
+                    return stop.value  # type: ignore[no-any-return]
+                value, error = None, None
+                try:
+                    if isinstance(step, Offload):
+                        value = await asyncio.to_thread(step.function, *step.args)
+                    elif isinstance(step, Rollback):
+                        if conn is not None and tx.open:
+                            tx.open = False
+                            await self._send(conn, [_ROLLBACK])
+                    elif isinstance(step, Admin):
+                        admin = admin or await self._acquire()
+                        value = await self._send(admin, list(step.queries))
+                    else:
+                        conn = conn or await self._acquire()
+                        value = await self._in_transaction(conn, tx, step)
+                except psycopg.Error as exc:
+                    if is_lost(exc, conn if not isinstance(step, Admin) else admin):
+                        op.close()
+                        raise _Lost(exc, sent=True) from None
+                    error = exc
+                except Exception as exc:
+                    error = exc
+        except _Lost:
+            raise
+        except BaseException as exc:
+            translated = translate(exc, self.url)
+            if translated is exc:
+                raise
+            raise translated from None
+        finally:
+            for held in (conn, admin):
+                if held is not None:
+                    await self._give_back(held)
+
+    async def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        status = conn.info.transaction_status
+        if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR) and not conn.broken:
+            try:
+                await conn.execute(b"ROLLBACK")
+            except (psycopg.Error, asyncio.CancelledError):
+                pass
+        await self.source.release(conn)
+
+    async def _in_transaction(
+        self, conn: psycopg.AsyncConnection[Any], tx: _Transaction, step: Batch | Copy
+    ) -> Any:
+        if isinstance(step, Copy):
+            if not tx.open:
+                await self._send(conn, [_BEGIN, *tx.settings])
+                tx.open = True
+            if _watchers:
+                _record(self.url, conn, step.statement, None)
+            async with conn.cursor() as cursor, cursor.copy(step.statement) as copy:
+                copy.set_types(list(step.types))
+                count = 0
+                for row in step.rows:
+                    await copy.write_row(row)
+                    count += 1
+            return count
+        queries, start = tx.plan(step)
+        if not queries:
+            return []
+        return (await self._send(conn, queries))[start : start + len(step.queries)]
+
+    async def _send(self, conn: psycopg.AsyncConnection[Any], queries: list[Query]) -> list[Result]:
+        if _watchers:
+            for q in queries:
+                _record(self.url, conn, q.text, q.params)
+        if len(queries) == 1:
+            q = queries[0]
+            cursor = await conn.execute(q.text, q.params, prepare=q.prepare)
+            return [Result(await cursor.fetchall() if cursor.description else [], cursor.rowcount)]
+        async with conn.pipeline():
+            cursors = [await conn.execute(q.text, q.params, prepare=q.prepare) for q in queries]
+        return [Result(await c.fetchall() if c.description else [], c.rowcount) for c in cursors]
