@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -24,9 +25,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import ConfigurationError, DecryptionError
+from .errors import ConfigurationError, DecryptionError, FilterError, InvalidInput
 
-__all__ = ["PREFIX", "TextCipher", "generate_key"]
+__all__ = ["PREFIX", "Sealer", "TextCipher", "generate_key"]
 
 PREFIX = "mxenc1:"
 _NONCE = 12
@@ -103,3 +104,75 @@ class TextCipher:
     @staticmethod
     def _aad(memory_id: uuid.UUID, field: str) -> bytes:
         return memory_id.bytes + field.encode("utf-8")
+
+
+def _field_paths(filter: object) -> Iterator[str]:
+    """The field paths a filter document names, through $and/$or/$nor/$not."""
+    if isinstance(filter, Mapping):
+        for key, value in filter.items():
+            if isinstance(key, str) and key.startswith("$"):
+                yield from _field_paths(value)
+            elif isinstance(key, str):
+                yield key
+    elif isinstance(filter, list | tuple):
+        for item in filter:
+            yield from _field_paths(item)
+
+
+class Sealer:
+    """What a collection's rows look like stored: text and listed metadata values encrypted under
+    ``cipher`` (or plaintext without one), and the dedup hash (keyed when encrypted)."""
+
+    def __init__(self, cipher: TextCipher | None, encrypted_keys: Sequence[str] = ()) -> None:
+        if encrypted_keys and cipher is None:
+            raise ConfigurationError("encrypted_metadata needs an encryption_key")
+        self.cipher = cipher
+        self.encrypted_keys = tuple(encrypted_keys)
+
+    def with_cipher(self, cipher: TextCipher | None) -> Sealer:
+        return Sealer(cipher, self.encrypted_keys if cipher is not None else ())
+
+    def content_hash(self, text: str) -> bytes:
+        """SHA-256, or an HMAC under the key when texts are encrypted."""
+        if self.cipher is not None:
+            return self.cipher.content_hash(text)
+        return hashlib.sha256(text.encode("utf-8")).digest()
+
+    def seal_text(self, row_id: uuid.UUID, text: str) -> str:
+        return self.cipher.encrypt(text, row_id) if self.cipher is not None else text
+
+    def seal_metadata(self, row_id: uuid.UUID, metadata: dict[str, Any]) -> dict[str, Any]:
+        cipher = self.cipher
+        if cipher is None or not self.encrypted_keys:
+            return metadata
+        return {
+            k: (cipher.encrypt_value(v, row_id, k) if k in self.encrypted_keys and v is not None else v)
+            for k, v in metadata.items()
+        }
+
+    def open_text(self, row_id: uuid.UUID, stored: str) -> str:
+        return self.cipher.decrypt(stored, row_id) if self.cipher is not None else stored
+
+    def open_metadata(self, row_id: uuid.UUID, metadata: dict[str, Any]) -> dict[str, Any]:
+        cipher = self.cipher
+        if cipher is None or not self.encrypted_keys:
+            return metadata
+        return {
+            k: (cipher.decrypt_value(v, row_id, k) if k in self.encrypted_keys else v)
+            for k, v in metadata.items()
+        }
+
+    def check_filter(self, filter: object) -> None:
+        """Encrypted metadata values cannot be matched: say so instead of matching nothing."""
+        if not self.encrypted_keys:
+            return
+        for path in _field_paths(filter):
+            key = path.split(".")[0]
+            if key in self.encrypted_keys:
+                raise FilterError(
+                    f"metadata key {key!r} is encrypted and cannot be filtered on (path {path!r})"
+                )
+
+    def check_group_key(self, group_by: object) -> None:
+        if isinstance(group_by, str) and group_by.split(".")[0] in self.encrypted_keys:
+            raise InvalidInput(f"metadata key {group_by!r} is encrypted and cannot be grouped by")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from .errors import ConfigurationError, DatabaseUnavailable, PgvectorMissing
 from .query_vector import register_query_vector
@@ -28,7 +28,6 @@ __all__ = [
     "dispose_engine",
     "get_engine",
     "libpq_url",
-    "lost_connection",
     "redact_url",
     "resolve_database",
     "sqlalchemy_url",
@@ -120,16 +119,26 @@ def get_engine(url: str) -> Engine:
                 },
             )
             sa.event.listen(engine, "connect", _on_connect)
+            # Disposing the engine (to make new sessions pick up a changed setting) renews the
+            # library's own pools for the URL too.
+            sa.event.listen(engine, "engine_disposed", lambda _engine, url=key: _close_pools(url))
             _engines[key] = engine
     return engine
 
 
+def _close_pools(url: str) -> None:
+    from .connections import close_pools
+
+    close_pools(url)
+
+
 def dispose_engine(url: str) -> None:
-    """Close the pooled connections to ``url`` (the next use opens new ones)."""
+    """Close the pooled connections to ``url``, the library's pools' too (the next use opens new ones)."""
     with _engines_lock:
         engine = _engines.pop(libpq_url(url), None)
     if engine is not None:
         engine.dispose()
+    _close_pools(libpq_url(url))
 
 
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
@@ -142,17 +151,6 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
         "Check that the server is running and reachable, and that the URL's host, port, user, "
         "password and database are right (MEMORIX_DATABASE_URL or database_url=)."
     )
-
-
-def lost_connection(exc: DBAPIError) -> bool:
-    """True when the error means the server is unreachable or went away (not a failed query)."""
-    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if sqlstate is None:
-        return isinstance(exc, OperationalError)
-    # 08xxx: connection exceptions; 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
-    return sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
 
 
 def check_pgvector(engine: Engine, url: str) -> None:

@@ -1,10 +1,13 @@
-"""The value returned by ``retrieve`` and ``get``."""
+"""The value returned by ``retrieve``, ``get`` and ``list``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = ["Memory"]
 
@@ -23,3 +26,6 @@ class Memory:
     score: float | None = None
     created_at: datetime | None = None
     collection: str = ""
+    # Filled by reads that ask for them (``include_embeddings=True``); not part of equality.
+    embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    expires_at: datetime | None = field(default=None, compare=False)

@@ -7,7 +7,8 @@ an exact scan of the matching rows (found through the btree/GIN indexes) is exac
 about a microsecond per matching row. What decides is how many rows match, and which fraction
 of the HNSW graph (dead elements included) they are.
 
-A search runs two statements in one transaction:
+A search runs in one transaction, and in one round trip when the planner's estimate for the
+collection and filter is cached:
 
 1. **The probe** counts, in a *sample* of the collection, all rows and the matching ones. The
    sample is the rows whose ``content_hash`` (SHA-256: uniform and independent of the
@@ -17,8 +18,11 @@ A search runs two statements in one transaction:
    PostgreSQL's own estimate for ``metadata @> ...`` comes from 100 sampled documents.) The
    graph size is the larger of the live rows and the HNSW index's ``reltuples``, which counts
    dead elements until VACUUM: right after a large delete the planner sees the lower
-   selectivity at once. The same statement sets the index walk's settings for the transaction
-   (``set_config(..., true)``), with ``ef_search`` computed from the sample.
+   selectivity at once. ``ef_search`` is computed from the sample in Python and set with
+   ``SET LOCAL`` in the same pipeline as the search statement. The estimate is kept per
+   collection and filter (values included) for ``ESTIMATE_SECONDS``, and dropped when this
+   process has changed more than ``ESTIMATE_CHANGE`` of the collection's rows since: a repeated
+   filter, and every unfiltered search, needs no probe.
 2. **The exact scan** when at most ``EXACT_ROWS`` rows match or fewer than ``S_MIN`` of the
    graph; else **the index walk**, pgvector's iterative scan (``relaxed_order``) with the filter
    applied during the walk, fetching ``HNSW_OVERFETCH * k`` matches and keeping the nearest k.
@@ -56,20 +60,22 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement
-from sqlalchemy.engine import Connection
 
+from .connections import SESSION_SETTINGS
 from .models import SCHEMA, memories
 from .query_vector import QueryVector
+from .scope import Scope
+from .statements import Filter, cached
+from .steps import Operation, Query, execute
 from .vector_index import QUERY_VECTOR, CollectionInfo, collection_predicate, distance_expression, index_name
 
 __all__ = [
@@ -79,8 +85,9 @@ __all__ = [
     "EXACT_ROWS",
     "SAMPLE_ROWS",
     "S_MIN",
+    "Planner",
     "SearchPlan",
-    "bounded_count",
+    "planner_for",
     "search",
 ]
 
@@ -97,17 +104,18 @@ EF_MAX = 1000  # pgvector's upper limit for hnsw.ef_search
 SAMPLE_ROWS = 128  # the sample holds SAMPLE_ROWS..2*SAMPLE_ROWS rows (or the whole collection)
 HNSW_OVERFETCH = 4  # relaxed order returns matches roughly by distance: fetch 4k, keep k
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set so a server-wide change cannot end scans early
+ESTIMATE_SECONDS = 30.0  # an estimate is reused this long (other processes' writes are unseen) ...
+ESTIMATE_CHANGE = 0.1  # ... unless this process changed more than this share of the rows since
+ESTIMATES_MAX = 1024
 # Planner costs for the transaction. The exact scan's rows are read by random access to pages
 # that are normally cached, and PostgreSQL underprices a GIN scan of a frequent key (a 50% key's
 # 50k entries: ~5 ms, priced like 0.1 ms of btree). With the defaults (4, 0.005) it ANDs such
 # scans onto a selective range to save heap reads that cost microseconds. Measured on the
 # server, 100k rows: AND (50% key, range) at 0.1%: 7.2 -> 0.8 ms; at 1%: 12.6 -> 8.4 ms; OR of
 # two such ANDs at 1%: 21.5 -> 6.5 ms; other cells unchanged, and the walks still use HNSW.
-RANDOM_PAGE_COST = "1.1"
-CPU_INDEX_TUPLE_COST = "0.05"
+PLANNER_COSTS = tuple(sorted(SESSION_SETTINGS))  # random_page_cost 1.1, cpu_index_tuple_cost 0.05
 
 _RESULT_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
-_pg_class = sa.table("pg_class", sa.column("oid"), sa.column("reltuples"), schema="pg_catalog")
 
 
 @dataclass(frozen=True)
@@ -129,65 +137,12 @@ class SearchPlan:
     sample_rows: int | None = None
 
 
-def bounded_count(conn: Connection, where: ColumnElement[bool], limit: int) -> int:
-    """``min(count, limit + 1)``: stops reading once more than ``limit`` rows matched."""
-    inner = sa.select(sa.literal(1)).select_from(memories).where(where).limit(limit + 1).subquery()
-    return int(conn.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one())
-
-
-# -- the sample window, per collection --------------------------------------------------------
-
-_window_bits: dict[tuple[str, int], int] = {}
-_window_lock = threading.Lock()
-
-
-def _bits_for(rows: float) -> int:
-    """Window bits for ``rows`` rows: a sample of SAMPLE_ROWS..2*SAMPLE_ROWS rows, or all of them."""
-    return math.floor(math.log2(rows / SAMPLE_ROWS)) if rows >= 2 * SAMPLE_ROWS else 0
-
-
-def _window_key(conn: Connection, info: CollectionInfo) -> tuple[str, int]:
-    return conn.engine.url.render_as_string(hide_password=True), info.id
-
-
-def _reltuples(info: CollectionInfo) -> sa.ScalarSelect[Any]:
-    """The HNSW index's element count at its last build or VACUUM (dead elements included)."""
-    qualified = f"{SCHEMA}.{index_name(info)}"
-    return (
-        sa.select(sa.func.greatest(sa.func.max(_pg_class.c.reltuples), 0.0))
-        .where(_pg_class.c.oid == sa.func.to_regclass(qualified))
-        .scalar_subquery()
-    )
-
-
-def _window(conn: Connection, info: CollectionInfo) -> int:
-    key = _window_key(conn, info)
-    with _window_lock:
-        bits = _window_bits.get(key)
-    if bits is None:  # first search of this collection in this process
-        bits = _bits_for(float(conn.execute(sa.select(_reltuples(info))).scalar() or 0))
-        with _window_lock:
-            _window_bits[key] = bits
-    return bits
-
-
-def _resize(conn: Connection, info: CollectionInfo, bits: int, sampled: int) -> None:
-    """Keep the sample near SAMPLE_ROWS rows as the collection grows or shrinks."""
-    if sampled >= 2 * SAMPLE_ROWS or (bits > 0 and sampled < SAMPLE_ROWS // 2):
-        with _window_lock:
-            _window_bits[_window_key(conn, info)] = _bits_for(sampled * 2.0**bits)
-
-
-# -- the statements ---------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _Probe:
     sampled: int  # rows in the sample
     hits: int  # matching rows in the sample
     fraction: float  # of the collection the sample covers
     reltuples: float
-    ef: int
 
     @property
     def whole(self) -> bool:
@@ -210,113 +165,124 @@ class _Probe:
         """At most EXACT_ROWS matches, or fewer than S_MIN of the graph (where HNSW loses recall)."""
         return self.estimated <= EXACT_ROWS or self.selectivity < S_MIN
 
-
-# A search's statements differ from the previous search's only in their values whenever the
-# filter has the same shape (keys, operators, value types), which is the common case. Building
-# and keying a statement costs more Python than the database spends on a selective search, so
-# each statement is built once per shape and reused with the new values bound by name.
-_statements: OrderedDict[tuple[Any, ...], tuple[sa.Executable, list[str]]] = OrderedDict()
-_STATEMENTS_MAX = 1024
-_statements_lock = threading.Lock()
-
-
-def _execute(
-    conn: Connection,
-    shape: tuple[Any, ...],
-    where: ColumnElement[bool],
-    build: Callable[[ColumnElement[bool]], sa.Executable],
-    params: dict[str, Any],
-) -> sa.CursorResult[Any]:
-    """``conn.execute(build(where), params)``, reusing the statement built for an earlier filter
-    of the same shape: the new filter's values are bound to the earlier one's parameters."""
-    where_key = where._generate_cache_key()
-    if where_key is None:
-        return conn.execute(build(where), params)
-    key = (*shape, where_key.key)
-    with _statements_lock:
-        found = _statements.get(key)
-        if found is not None:
-            _statements.move_to_end(key)
-    if found is None:
-        stmt = build(where)
-        with _statements_lock:
-            _statements[key] = (stmt, [bp.key for bp in where_key.bindparams])
-            if len(_statements) > _STATEMENTS_MAX:
-                _statements.popitem(last=False)
-        return conn.execute(stmt, params)
-    stmt, names = found
-    values = {name: bp.effective_value for name, bp in zip(names, where_key.bindparams, strict=True)}
-    return conn.execute(stmt, {**values, **params})
+    def ef(self, k: int, ef_search: int | None) -> int:
+        """``hnsw.ef_search`` for the walk: the caller's (clamped to k..EF_MAX), or computed."""
+        if ef_search is not None:
+            return min(EF_MAX, max(ef_search, k))
+        by_size = min(EF_FLOOR_MAX, round(EF_MIN * math.sqrt(self.graph / EF_MIN_ROWS)))
+        floor = max(EF_MIN, by_size)
+        # A filter that drops a tenth of the sample or more: the walk skips elements, twice the floor.
+        if self.hits < FILTERED_BELOW * self.sampled:
+            floor *= FILTERED_FLOOR_FACTOR
+        by_selectivity = math.ceil(EF_PER_SELECTIVITY * self.graph / max(self.hits / self.fraction, 1.0))
+        return min(EF_MAX, max(2 * k, floor, by_selectivity))
 
 
-def _probe_statement(
-    info: CollectionInfo,
-    bits: int,
-    k: int,
-    ef_search: int | None,
-    where: ColumnElement[bool],
-) -> sa.Select[Any]:
-    """One row: the sample's counts and ``ef``; it sets the walk's settings."""
+def _bits_for(rows: float) -> int:
+    """Window bits for ``rows`` rows: a sample of SAMPLE_ROWS..2*SAMPLE_ROWS rows, or all of them."""
+    return math.floor(math.log2(rows / SAMPLE_ROWS)) if rows >= 2 * SAMPLE_ROWS else 0
+
+
+@dataclass
+class Planner:
+    """What the planner remembers of one collection: its sample window and recent estimates."""
+
+    window_bits: int | None = None
+    rows: float = 0.0  # the collection's size when the estimates were made
+    changed: int = 0  # rows this process wrote or deleted since
+    estimates: OrderedDict[Hashable, tuple[float, _Probe]] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def changed_rows(self, n: int) -> None:
+        """Writes changed ``n`` rows: past ESTIMATE_CHANGE of the collection, estimate again."""
+        with self.lock:
+            self.changed += n
+            if self.changed > ESTIMATE_CHANGE * max(self.rows, SAMPLE_ROWS):
+                self.estimates.clear()
+                self.changed = 0
+
+    def estimate(self, key: Hashable) -> _Probe | None:
+        with self.lock:
+            found = self.estimates.get(key)
+            if found is None:
+                return None
+            if time.monotonic() - found[0] > ESTIMATE_SECONDS:
+                del self.estimates[key]
+                return None
+            self.estimates.move_to_end(key)
+            return found[1]
+
+    def remember(self, key: Hashable, probe: _Probe) -> None:
+        with self.lock:
+            if not self.estimates:
+                self.rows, self.changed = probe.graph, 0
+            self.estimates[key] = (time.monotonic(), probe)
+            if len(self.estimates) > ESTIMATES_MAX:
+                self.estimates.popitem(last=False)
+            # Keep the sample near SAMPLE_ROWS rows as the collection grows or shrinks.
+            bits = self.window_bits or 0
+            if probe.sampled >= 2 * SAMPLE_ROWS or (bits > 0 and probe.sampled < SAMPLE_ROWS // 2):
+                self.window_bits = _bits_for(probe.sampled * 2.0**bits)
+
+
+_planners: dict[tuple[str, int], Planner] = {}
+_planners_lock = threading.Lock()
+
+
+def planner_for(database: str, info: CollectionInfo) -> Planner:
+    """The shared planner state of a collection (one per database and collection in a process)."""
+    with _planners_lock:
+        return _planners.setdefault((database, info.id), Planner())
+
+
+# -- the statements ---------------------------------------------------------------------------
+
+
+def _reltuples_query(info: CollectionInfo) -> Query:
+    """The HNSW index's element count at its last build or VACUUM (dead elements included)."""
+    return Query(
+        b"SELECT greatest(max(reltuples), 0) FROM pg_catalog.pg_class WHERE oid = to_regclass(%(index)s)",
+        {"index": f"{SCHEMA}.{index_name(info)}"},
+        prepare=True,
+    )
+
+
+def _probe_statement(info: CollectionInfo, bits: int, where: sa.ColumnElement[bool]) -> sa.Select[int, int]:
+    """One row: the sample's size and matches."""
     scope = collection_predicate(info)
     if bits > 0:
         scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", type_=sa.LargeBinary))
-    sample = (
-        sa.select(
-            sa.func.count().label("n"),
-            sa.func.count().filter(where).label("hits"),
-            _reltuples(info).label("reltuples"),
-        )
-        .where(scope)
-        .subquery("sample")
-    )
-    fraction = 2.0**-bits
-    matches = sample.c.hits / fraction
-    graph = sa.func.greatest(sample.c.reltuples, sample.c.n / fraction, 1.0)
-    if ef_search is not None:
-        ef: ColumnElement[Any] = sa.literal(min(EF_MAX, max(ef_search, k)))
-    else:
-        by_size = sa.func.least(EF_FLOOR_MAX, sa.func.round(EF_MIN * sa.func.sqrt(graph / EF_MIN_ROWS)))
-        unfiltered_floor = sa.func.greatest(EF_MIN, by_size)
-        # A filter that drops a tenth of the sample or more: the walk skips elements, twice the floor.
-        filtered = sample.c.hits < FILTERED_BELOW * sample.c.n
-        floor = sa.case((filtered, FILTERED_FLOOR_FACTOR * unfiltered_floor), else_=unfiltered_floor)
-        by_selectivity = sa.func.ceil(EF_PER_SELECTIVITY * graph / sa.func.greatest(matches, 1.0))
-        ef = sa.cast(sa.func.least(EF_MAX, sa.func.greatest(2 * k, floor, by_selectivity)), sa.Integer)
-    settings = sa.func.concat_ws(
-        ",",
-        sa.func.set_config("hnsw.ef_search", sa.cast(ef, sa.Text), True),
-        sa.func.set_config("hnsw.iterative_scan", "relaxed_order", True),
-        sa.func.set_config("hnsw.max_scan_tuples", str(MAX_SCAN_TUPLES), True),
-        sa.func.set_config("random_page_cost", RANDOM_PAGE_COST, True),
-        sa.func.set_config("cpu_index_tuple_cost", CPU_INDEX_TUPLE_COST, True),
-    )
-    return sa.select(
-        sample.c.n,
-        sample.c.hits,
-        sample.c.reltuples,
-        ef.label("ef"),
-        settings.label("settings"),
+    statement = sa.select(sa.func.count(), sa.func.count().filter(where)).where(scope)
+    return statement
+
+
+def _probe(scope: Scope, planner: Planner, where: sa.ColumnElement[bool], f: Filter) -> Operation[_Probe]:
+    """Count the sample (and read the graph's size) in one round trip."""
+    info = scope.info
+    bits = planner.window_bits
+    if bits is None:  # first search of this collection in this process: size it from the index
+        reltuples = (yield from execute(_reltuples_query(info)))[0].rows[0][0]
+        bits = planner.window_bits = _bits_for(float(reltuples or 0))
+    params = {**scope.params, **({"window": (1 << (64 - bits)).to_bytes(8, "big")} if bits > 0 else {})}
+    probe_query = cached(("probe", scope.key, bits), lambda w: _probe_statement(info, bits, w), f, params)
+    probe_result, reltuples_result = yield from execute(probe_query, _reltuples_query(info))
+    sampled, hits = probe_result.rows[0]
+    return _Probe(int(sampled), int(hits), 2.0**-bits, float(reltuples_result.rows[0][0] or 0))
+
+
+def _settings(ef: int | None) -> tuple[tuple[str, str], ...]:
+    planner_costs = PLANNER_COSTS
+    if ef is None:
+        return planner_costs
+    return (
+        ("hnsw.ef_search", str(ef)),
+        ("hnsw.iterative_scan", "relaxed_order"),
+        ("hnsw.max_scan_tuples", str(MAX_SCAN_TUPLES)),
+        *planner_costs,
     )
 
 
-def _probe(
-    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], k: int, ef_search: int | None
-) -> _Probe:
-    """The sample's counts and the plan; sets the walk's settings for this transaction.
-
-    (Merging the exact scan into this statement, gated by a one-time filter, measured no faster:
-    the bigger statement takes longer to plan, and the walk path would bind the vector twice.)
-    """
-    bits = _window(conn, info)
-    params = {"window": (1 << (64 - bits)).to_bytes(8, "big")} if bits > 0 else {}
-    shape = ("probe", info, bits, k, ef_search)
-    build = partial(_probe_statement, info, bits, k, ef_search)
-    row = _execute(conn, shape, where, build, params).one()
-    _resize(conn, info, bits, int(row.n))
-    return _Probe(int(row.n), int(row.hits), 2.0**-bits, float(row.reltuples), int(row.ef))
-
-
-def _with_columns(nearest: sa.Subquery, *extra: ColumnElement[Any]) -> sa.Select[Any]:
+def _with_columns(nearest: sa.Subquery, *extra: sa.ColumnElement[Any]) -> sa.Select[Any]:
     """The result columns of the ``nearest`` rows (ids and distances), joined by primary key.
 
     Ranking carries only ids and distances: a search reads the text and metadata of k rows, not
@@ -329,82 +295,78 @@ def _with_columns(nearest: sa.Subquery, *extra: ColumnElement[Any]) -> sa.Select
     )
 
 
-def _exact_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
+def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     matching = (
         sa.select(memories.c.id, distance.label("distance"), sa.func.count().over().label("total"))
         .where(where)
         .subquery("matching")
     )
-    nearest = sa.select(matching).order_by(matching.c.distance).limit(k).subquery("nearest")
+    nearest = sa.select(matching).order_by(matching.c.distance).limit(sa.bindparam("k")).subquery("nearest")
     return _with_columns(nearest, nearest.c.total)
 
 
-def _exact(
-    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], query: npt.NDArray[np.float32], k: int
-) -> tuple[list[sa.Row[Any]], int]:
-    """The k nearest matching rows ranked exactly, and the number of matches. The window count
-    keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
-    shape = ("exact", info, k)
-    build = partial(_exact_statement, info, k)
-    rows = list(
-        _execute(conn, shape, where, build, {QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec")})
-    )
-    return rows, int(rows[0].total) if rows else 0
-
-
-def _hnsw_statement(info: CollectionInfo, k: int, where: ColumnElement[bool]) -> sa.Select[Any]:
+def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     walk = (
         sa.select(memories.c.id, distance.label("distance"))
         .where(where)
         .order_by(distance)
-        .limit(HNSW_OVERFETCH * k)
+        .limit(sa.bindparam("fetch"))
         .subquery("walk")
     )
     # relaxed_order returns the matches only roughly by distance. Sorting by ``distance + 0``
     # keeps PostgreSQL from taking the walk's order as exact and dropping the sort.
-    nearest = sa.select(walk).order_by(walk.c.distance + 0.0).limit(k).subquery("nearest")
+    nearest = sa.select(walk).order_by(walk.c.distance + 0.0).limit(sa.bindparam("k")).subquery("nearest")
     return _with_columns(nearest)
 
 
-def _hnsw(
-    conn: Connection, info: CollectionInfo, where: ColumnElement[bool], query: npt.NDArray[np.float32], k: int
-) -> list[sa.Row[Any]]:
-    """The nearest k of the ``HNSW_OVERFETCH * k`` matches the walk fetched (relaxed_order may
-    return them slightly out of order, so they are sorted again)."""
-    shape = ("hnsw", info, k)
-    build = partial(_hnsw_statement, info, k)
-    return list(
-        _execute(conn, shape, where, build, {QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec")})
-    )
+Rows = list[tuple[Any, ...]]
+
+
+def _exact(
+    scope: Scope, f: Filter, where: sa.ColumnElement[bool], params: dict[str, Any], settings: Any
+) -> Operation[tuple[Rows, int]]:
+    """The k nearest matching rows ranked exactly, and the number of matches. The window count
+    keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
+    info = scope.info
+    query = cached(("exact", scope.key), lambda _: _exact_statement(info, where), f, params)
+    rows = (yield from execute(query, final=True, settings=settings))[0].rows
+    return [r[:5] for r in rows], int(rows[0][5]) if rows else 0
 
 
 # -- the planner ------------------------------------------------------------------------------
 
 
 def search(
-    conn: Connection,
-    info: CollectionInfo,
-    where: ColumnElement[bool],
+    scope: Scope,
+    planner: Planner,
+    f: Filter,
     query: npt.NDArray[np.float32],
     k: int,
     *,
     exact: bool | None = None,
     ef_search: int | None = None,
-) -> tuple[list[sa.Row[Any]], SearchPlan]:
-    """The ``k`` rows nearest to ``query`` among the rows matching ``where``, and the plan used.
+) -> Operation[tuple[Rows, SearchPlan]]:
+    """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
+    (id, text, metadata, created_at, distance), and the plan used.
 
-    ``where`` must include the collection predicate (with the id inline) for the collection's
-    partial HNSW index to be usable. ``exact`` forces a path (True: the exact scan; False: HNSW,
-    which still falls back to the exact scan if it comes back short); ``ef_search`` replaces
-    the computed ``hnsw.ef_search`` (clamped to k..1000).
+    ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
+    exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
+    (clamped to k..1000).
     """
+    info = scope.info
+    where = scope.live(f)
+    params = {**scope.params, QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec"), "k": k}
     if exact is True:
-        rows, counted = _exact(conn, info, where, query, k)
+        rows, counted = yield from _exact(scope, f, where, params, _settings(None))
         return rows, SearchPlan("exact", "forced by exact=True", counted)
 
-    p = _probe(conn, info, where, k, ef_search)
+    estimate_key = (scope.key, scope.tenant, f.shape, f.values)
+    p = planner.estimate(estimate_key)
+    if p is None:
+        p = yield from _probe(scope, planner, where, f)
+        planner.remember(estimate_key, p)
     facts = (
         f"{p.estimated} of {round(p.graph)} graph elements match ({p.selectivity:.2%})"
         if p.whole
@@ -416,24 +378,32 @@ def search(
         return SearchPlan(path, reason, counted, ef, p.estimated, p.selectivity, p.sampled)
 
     if exact is None and p.use_exact:
-        rows, counted = _exact(conn, info, where, query, k)
+        rows, counted = yield from _exact(scope, f, where, params, _settings(None))
         if p.estimated <= EXACT_ROWS:
             why = f"{facts}: at most {EXACT_ROWS}: exact scan"
         else:
             why = f"{facts}: below {S_MIN:.0%}, where HNSW loses recall: exact scan"
         return rows, plan("exact", why, counted, None)
 
-    rows = _hnsw(conn, info, where, query, k)
-    reason = (
-        "forced by exact=False" if exact is False else facts
-    ) + f": HNSW iterative scan, ef_search {p.ef}"
+    ef = p.ef(k, ef_search)
+    walk = cached(
+        ("hnsw", scope.key),
+        lambda _: _hnsw_statement(info, where),
+        f,
+        {
+            **params,
+            "fetch": HNSW_OVERFETCH * k,
+        },
+    )
+    rows = (yield from execute(walk, final=True, settings=_settings(ef)))[0].rows
+    reason = ("forced by exact=False" if exact is False else facts) + f": HNSW iterative scan, ef_search {ef}"
     if len(rows) >= k:
-        return rows, plan("hnsw", reason, p.estimated if p.whole else None, p.ef)
+        return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef)
     # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact
     # scan knows whether more rows match.
-    fallback, counted = _exact(conn, info, where, query, k)
+    fallback, counted = yield from _exact(scope, f, where, params, _settings(None))
     if len(fallback) > len(rows):
         return fallback, plan(
-            "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, p.ef
+            "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, ef
         )
-    return rows, plan("hnsw", reason, counted, p.ef)
+    return rows, plan("hnsw", reason, counted, ef)

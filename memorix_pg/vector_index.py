@@ -15,20 +15,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 from pgvector.sqlalchemy import HALFVEC, Vector
+from psycopg import errors as pg_errors
 from psycopg import sql
 from sqlalchemy import ColumnElement, Float, bindparam, cast
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql.elements import Grouping
 
 from .models import SCHEMA, memories
 from .query_vector import QueryVectorType
+from .steps import Admin, Operation, Query, Result, ensure
 
 __all__ = [
     "OPERATORS",
@@ -37,19 +41,26 @@ __all__ = [
     "collection_literal",
     "collection_predicate",
     "create_expression_index",
+    "create_index_sql",
     "create_vector_index",
+    "deferred",
     "distance_expression",
+    "drop_index_sql",
     "drop_vector_index",
     "embedding_column_name",
     "index_name",
+    "index_state",
     "metadata_index_name",
-    "rebuild_vector_index_concurrently",
+    "rebuild_concurrently",
+    "repair",
     "score_from_distance",
     "stored_embedding",
     "stored_vectors",
     "typed_embedding",
     "vector_index_state",
 ]
+
+T = TypeVar("T")
 
 # pgvector's HNSW supports up to 2,000 dimensions for vector and 4,000 for halfvec.
 MAX_FULL_INDEX_DIM = 2000
@@ -112,8 +123,9 @@ def typed_embedding(info: CollectionInfo, column: ColumnElement[Any]) -> ColumnE
 
 
 def collection_literal(info: CollectionInfo) -> ColumnElement[int]:
-    """The collection id as an inline literal (see :func:`collection_predicate`)."""
-    return bindparam("collection_literal", int(info.id), literal_execute=True, unique=True)
+    """The collection id as an inline literal (see :func:`collection_predicate`); an integer read
+    from our own catalog, never caller input."""
+    return sa.literal_column(str(int(info.id)), sa.BigInteger)
 
 
 QUERY_VECTOR = "query_vector"
@@ -154,10 +166,10 @@ def score_from_distance(distance: str, value: float) -> float:
     return -value
 
 
-def create_vector_index(conn: Connection, info: CollectionInfo, *, concurrently: bool = False) -> None:
-    """Build the collection's HNSW index (no-op when it exists)."""
+def create_index_sql(info: CollectionInfo, *, concurrently: bool = False) -> sql.Composed:
+    """``CREATE INDEX ... USING hnsw`` for the collection (no-op when it exists)."""
     kind = info.index_type
-    statement = sql.SQL(
+    return sql.SQL(
         "CREATE INDEX {how}IF NOT EXISTS {name} ON {table} USING hnsw "
         "(({column}::{kind}({dim})) {opclass}) WITH (m = {m}, ef_construction = {efc}) "
         "WHERE collection_id = {cid}"
@@ -173,14 +185,24 @@ def create_vector_index(conn: Connection, info: CollectionInfo, *, concurrently:
         efc=sql.Literal(HNSW_EF_CONSTRUCTION),
         cid=sql.Literal(int(info.id)),
     )
+
+
+def drop_index_sql(info: CollectionInfo, *, concurrently: bool = False) -> sql.Composed:
+    """``concurrently`` (autocommit only) blocks no reader or writer."""
+    return sql.SQL("DROP INDEX {how}IF EXISTS {name}").format(
+        how=sql.SQL("CONCURRENTLY " if concurrently else ""), name=sql.Identifier(SCHEMA, index_name(info))
+    )
+
+
+def create_vector_index(conn: Connection, info: CollectionInfo, *, concurrently: bool = False) -> None:
+    """Build the collection's HNSW index (no-op when it exists)."""
+    statement = create_index_sql(info, concurrently=concurrently)
     conn.exec_driver_sql(statement.as_string(conn.connection.driver_connection))
 
 
 def drop_vector_index(conn: Connection, info: CollectionInfo, *, concurrently: bool = False) -> None:
-    """Drop the collection's index; ``concurrently`` (autocommit only) blocks no reader or writer."""
-    statement = sql.SQL("DROP INDEX {how}IF EXISTS {name}").format(
-        how=sql.SQL("CONCURRENTLY " if concurrently else ""), name=sql.Identifier(SCHEMA, index_name(info))
-    )
+    """Drop the collection's index."""
+    statement = drop_index_sql(info, concurrently=concurrently)
     conn.exec_driver_sql(statement.as_string(conn.connection.driver_connection))
 
 
@@ -191,9 +213,9 @@ def metadata_index_name(key: str, type: str) -> str:
 
 
 def create_expression_index(
-    conn: Connection, name: str, build: Callable[[ColumnElement[Any]], ColumnElement[Any]]
-) -> None:
-    """``CREATE INDEX CONCURRENTLY`` on ``build(metadata)`` over ``memorix.memories`` (autocommit ``conn``).
+    name: str, build: Callable[[ColumnElement[Any]], ColumnElement[Any]]
+) -> Operation[None]:
+    """``CREATE INDEX CONCURRENTLY`` on ``build(metadata)`` over ``memorix.memories`` (admin connection).
 
     SQLAlchemy's DDL compiler renders the expression (DDL takes no bound parameters, so it
     escapes the values as literals). The index is declared on a throwaway table object so the
@@ -203,20 +225,39 @@ def create_expression_index(
     # Parenthesised: CREATE INDEX takes a bare function call but not a bare CASE.
     index = sa.Index(name, Grouping(build(column)), postgresql_concurrently=True)
     sa.Table("memories", sa.MetaData(), column, index, schema=SCHEMA)
-    if _index_state(conn, name) == "invalid":
-        index.drop(conn)
-    index.create(conn, checkfirst=True)
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    create = str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+    drop = str(DropIndex(index, if_exists=True).compile(dialect=dialect))
+    state = _state((yield Admin((index_state_query(name),)))[0].rows)
+    if state == "valid":
+        return
+    # The dialect escapes a % in the expression as %%: sent with (empty) parameters, psycopg
+    # turns it back into one.
+    if state == "invalid":
+        yield Admin((Query(drop.encode(), {}),))
+    yield Admin((Query(create.encode(), {}),))
+
+
+_INDEX_STATE = (
+    b"SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    b"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s AND c.relname = %(name)s"
+)
+
+
+def index_state_query(name: str) -> Query:
+    """One row (``indisvalid``) when the index exists."""
+    return Query(_INDEX_STATE, {"schema": SCHEMA, "name": name})
+
+
+def _state(rows: list[tuple[Any, ...]]) -> str:
+    return "missing" if not rows else ("valid" if rows[0][0] else "invalid")
 
 
 def _index_state(conn: Connection, name: str) -> str:
-    valid = conn.execute(
-        sa.text(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relname = :name"
-        ),
-        {"schema": SCHEMA, "name": name},
-    ).scalar()
-    return "missing" if valid is None else ("valid" if valid else "invalid")
+    query = index_state_query(name)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    return _state(raw.execute(query.text, query.params).fetchall())
 
 
 def vector_index_state(conn: Connection, info: CollectionInfo) -> str:
@@ -224,28 +265,86 @@ def vector_index_state(conn: Connection, info: CollectionInfo) -> str:
     return _index_state(conn, index_name(info))
 
 
-def rebuild_vector_index_concurrently(conn: Connection, info: CollectionInfo, maintenance_mem: str) -> None:
-    """Build the collection's index without blocking other collections (``conn`` in autocommit).
+# -- as operations (run by the sync and the async runner alike) ---------------------------------
+
+INDEX_LOCK_SPACE = 0x6D656D  # first key of the advisory locks guarding a collection's index
+BULK_MAINTENANCE_MEM = "1GB"
+
+
+def index_state(info: CollectionInfo) -> Operation[str]:
+    """``"valid"``, ``"invalid"`` (a CONCURRENTLY build that died half-way) or ``"missing"``."""
+    results = yield Admin((index_state_query(index_name(info)),))
+    return _state(results[0].rows)
+
+
+def _admin(*queries: Query) -> Operation[list[Result]]:
+    results: list[Result] = yield Admin(queries)
+    return results
+
+
+def _lock(function: str, info: CollectionInfo) -> Query:
+    return Query(
+        sql.SQL("SELECT {}(%(space)s, %(id)s)").format(sql.Identifier(function)),
+        {"space": INDEX_LOCK_SPACE, "id": int(info.id)},
+    )
+
+
+def rebuild_concurrently(info: CollectionInfo) -> Operation[None]:
+    """Build the collection's index without blocking other collections (on the admin connection).
 
     Replaces an invalid leftover of an interrupted build, then refreshes the planner's
     statistics, which a bulk load leaves stale, and merges the metadata GIN index's pending
     list (left to autovacuum, it costs every filtered search 1-2 ms until then).
     """
-    if vector_index_state(conn, info) == "invalid":
-        drop_vector_index(conn, info, concurrently=True)
-    conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :v, false)"), {"v": maintenance_mem})
-    try:
-        create_vector_index(conn, info, concurrently=True)
-    finally:
-        if not conn.invalidated:  # the server died mid-build: let its error through, not PendingRollbackError
-            conn.execute(sa.text("RESET maintenance_work_mem"))
-    conn.exec_driver_sql(
-        sql.SQL("ANALYZE {}")
-        .format(sql.Identifier(SCHEMA, "memories"))
-        .as_string(conn.connection.driver_connection)
+    if (yield from index_state(info)) == "invalid":
+        yield from _admin(Query(drop_index_sql(info, concurrently=True)))
+    yield from _admin(
+        Query(b"SELECT set_config('maintenance_work_mem', %(v)s, false)", {"v": BULK_MAINTENANCE_MEM})
     )
+    yield from ensure(
+        _admin(Query(create_index_sql(info, concurrently=True))),
+        lambda: _admin(Query(b"RESET maintenance_work_mem")),
+    )
+    yield from _admin(Query(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, "memories"))))
     try:
-        conn.execute(sa.select(sa.func.gin_clean_pending_list(sa.func.to_regclass(METADATA_GIN_INDEX))))
-    except sa.exc.ProgrammingError as exc:
-        if getattr(exc.orig, "sqlstate", None) != "42501":  # only the table's owner may merge it
-            raise
+        yield from _admin(
+            Query(b"SELECT gin_clean_pending_list(to_regclass(%(i)s))", {"i": METADATA_GIN_INDEX})
+        )
+    except pg_errors.InsufficientPrivilege:
+        pass  # only the table's owner may merge it
+
+
+def _rebuild_if_allowed(info: CollectionInfo) -> Operation[None]:
+    try:
+        yield from rebuild_concurrently(info)
+    except pg_errors.InsufficientPrivilege:
+        pass  # an app role may not build it: `memorix-pg migrate` as the owner will
+
+
+def repair(info: CollectionInfo) -> Operation[None]:
+    """Rebuild the collection's HNSW index if a crash during a deferred load left it missing or
+    invalid (and no loader holds it now). Searches stay exact and correct meanwhile."""
+    if (yield from index_state(info)) == "valid":
+        return
+    locked = (yield from _admin(_lock("pg_try_advisory_lock", info)))[0].rows[0][0]
+    if locked:
+        yield from ensure(_rebuild_if_allowed(info), lambda: _admin(_lock("pg_advisory_unlock", info)))
+
+
+def _load_without_index(info: CollectionInfo, load: Operation[T]) -> Operation[T]:
+    yield from _admin(Query(drop_index_sql(info, concurrently=True)))
+    return (yield from ensure(load, lambda: rebuild_concurrently(info), rollback=True))
+
+
+def deferred(info: CollectionInfo, load: Operation[T]) -> Operation[T]:
+    """Run ``load`` with the collection's HNSW index dropped, and build the index once after.
+
+    Measured: COPY ~60k rows/s without the index, ~600 rows/s with it. Both steps run
+    CONCURRENTLY on the admin connection, so other collections are never blocked; the load
+    itself stays one transaction. A session advisory lock keeps two loaders (or a reopening
+    MemoryAPI) from racing over the same index.
+    """
+    yield from _admin(_lock("pg_advisory_lock", info))
+    return (
+        yield from ensure(_load_without_index(info, load), lambda: _admin(_lock("pg_advisory_unlock", info)))
+    )

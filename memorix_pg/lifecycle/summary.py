@@ -1,9 +1,4 @@
-"""Retention, archiving, compression and dedup, each as SQL run in one transaction.
-
-The seed guide does these in client-side loops (fetch 1,000, re-embed, store, delete);
-here archive is one UPDATE that moves rows with their embeddings, compression groups
-by time window with ``date_bin`` in SQL, and near-duplicates are found through the index.
-"""
+"""Compression's pieces: time windows grouped in SQL, and the extractive (no LLM) summary."""
 
 from __future__ import annotations
 
@@ -17,15 +12,13 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from .models import memories
+from ..models import memories
 
 __all__ = [
     "CompressionReport",
     "DuplicatePair",
     "Summarizer",
-    "archive_statement",
     "extractive_summary",
-    "live_predicate",
     "shared_metadata",
     "window_query",
 ]
@@ -34,29 +27,6 @@ Summarizer = Callable[[list[str]], str]
 
 # A fixed origin makes windows line up across calls (date_bin needs one).
 WINDOW_ORIGIN = datetime(2000, 1, 1)
-
-
-def live_predicate() -> sa.ColumnElement[bool]:
-    """Not expired: an expired memory is never returned or counted."""
-    return sa.or_(memories.c.expires_at.is_(None), memories.c.expires_at > sa.func.now())
-
-
-def archive_statement(where: sa.ColumnElement[bool], target_collection_id: int) -> sa.Update:
-    """Move matching rows to another collection in one statement, keeping their embeddings.
-
-    An UPDATE of ``collection_id`` is the whole move: atomic, no re-embedding, and the
-    rows enter the target collection's partial HNSW index as part of the same statement.
-    """
-    stamp = sa.func.jsonb_build_object("archived", sa.true(), "archived_at", sa.func.to_jsonb(sa.func.now()))
-    return (
-        sa.update(memories)
-        .where(where)
-        .values(
-            collection_id=target_collection_id,
-            metadata=memories.c.metadata.op("||")(stamp),
-            updated_at=sa.func.now(),
-        )
-    )
 
 
 def window_query(

@@ -8,10 +8,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .errors import InvalidInput
-from .models import memories
+from ..errors import InvalidInput
+from ..models import memories
+from ..scope import Scope
+from ..statements import adhoc
+from ..steps import Operation, fetch_all
 
-__all__ = ["fold_groups", "group_count_query"]
+__all__ = ["fold_groups", "group_count_query", "group_counts"]
 
 
 def group_count_query(where: sa.ColumnElement[bool], group_by: str) -> sa.Select[Any]:
@@ -40,10 +43,16 @@ def _group_key(value: Any) -> Any:
     return value
 
 
-def fold_groups(rows: Iterable[Any]) -> dict[Any, int]:
+def fold_groups(rows: Iterable[tuple[Any, Any]]) -> dict[Any, int]:
     """``{value: count}``, largest first. A missing key and a JSON null both count under None."""
     groups: dict[Any, int] = {}
-    for row in rows:
-        group = _group_key(row.key)
-        groups[group] = groups.get(group, 0) + int(row.n)
+    for key, n in rows:
+        group = _group_key(key)
+        groups[group] = groups.get(group, 0) + int(n)
     return groups
+
+
+def group_counts(scope: Scope, group_by: str) -> Operation[dict[Any, int]]:
+    """``{value: count}`` of the scope's live memories by metadata key ``group_by``."""
+    stmt = group_count_query(scope.live(), group_by)
+    return fold_groups((yield from fetch_all(adhoc(stmt, scope.params), final=True)))

@@ -1,0 +1,56 @@
+"""Archive: move matching memories to another collection in one UPDATE, embeddings kept."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ..models import memories
+from ..reads import bounded_count
+from ..scope import Scope
+from ..search import Planner
+from ..statements import Filter, cached, compile_where
+from ..steps import Operation, execute
+from ..vector_index import CollectionInfo, deferred
+
+__all__ = ["archive"]
+
+# Moving many rows into a small target: rebuilding its index once beats inserting each row
+# into it (measured: 4.3 s vs 0.2 s + 1.2 s for 6k rows).
+DEFER_INDEX_MIN_ROWS = 5_000
+
+
+def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
+    stamp = sa.func.jsonb_build_object("archived", sa.true(), "archived_at", sa.func.to_jsonb(sa.func.now()))
+    query = cached(
+        ("archive", scope.key),
+        lambda _: (
+            sa.update(memories)
+            .where(scope.live(f))
+            .values(
+                collection_id=sa.bindparam("target"),
+                metadata=memories.c.metadata.op("||")(stamp),
+                updated_at=sa.func.now(),
+            )
+        ),
+        f,
+        {**scope.params, "target": target.id},
+    )
+    return int((yield from execute(query, final=True))[0].rowcount)
+
+
+def archive(
+    scope: Scope, planner: Planner, target_planner: Planner, f: Filter, target: CollectionInfo
+) -> Operation[int]:
+    """An UPDATE of ``collection_id`` is the whole move: atomic, no re-embedding, and the rows
+    enter the target's partial HNSW index in the same statement. Sets ``archived: true`` and
+    ``archived_at`` in their metadata."""
+    moving = yield from bounded_count(scope, f, DEFER_INDEX_MIN_ROWS)
+    target_rows = yield from bounded_count(Scope(target, None), compile_where(None), moving, live=False)
+    yield from execute(final=True)
+    body = _move(scope, f, target)
+    if moving >= DEFER_INDEX_MIN_ROWS and target_rows < moving:
+        body = deferred(target, body)
+    moved = yield from body
+    planner.changed_rows(moved)
+    target_planner.changed_rows(moved)
+    return moved

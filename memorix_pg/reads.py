@@ -1,0 +1,123 @@
+"""Reading memories without ranking them: by id, counts, newest first, bounded counts.
+
+Each statement is built once per shape (statements.py) and, without a tenant, runs as a single
+statement in its own implicit transaction: one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from .models import memories
+from .scope import Scope
+from .statements import Filter, cached, compile_where
+from .steps import Operation, execute, fetch_all
+from .vector_index import collection_predicate, stored_vectors
+
+__all__ = ["MEMORY_COLUMNS", "ORDERS", "bounded_count", "count", "get", "newest", "page"]
+
+MEMORY_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
+_ALL = compile_where(None)
+
+
+def get(scope: Scope, row_id: Any) -> Operation[list[tuple[Any, ...]]]:
+    """The live memory ``row_id`` of the scope, as (id, text, metadata, created_at), or nothing."""
+    query = cached(
+        ("get", scope.key),
+        lambda _: sa.select(*MEMORY_COLUMNS).where(scope.live(), memories.c.id == sa.bindparam("id")),
+        _ALL,
+        {**scope.params, "id": row_id},
+    )
+    return (yield from fetch_all(query, final=True))
+
+
+def count(
+    scope: Scope,
+    f: Filter,
+    extra: sa.ColumnElement[bool] | None = None,
+    key: Any = None,
+    params: dict[str, Any] | None = None,
+) -> Operation[int]:
+    """How many live memories match ``f`` (and ``extra``: its shape named by ``key``, its values
+    bound by name through ``params``)."""
+
+    def build(_: Any) -> sa.Select[Any]:
+        where = scope.live(f) if extra is None else sa.and_(scope.live(f), extra)
+        return sa.select(sa.func.count()).select_from(memories).where(where)
+
+    query = cached(("count", scope.key, key), build, f, {**scope.params, **(params or {})})
+    return int((yield from fetch_all(query, final=True))[0][0])
+
+
+def newest(scope: Scope, f: Filter, k: int) -> Operation[list[tuple[Any, ...]]]:
+    """The ``k`` newest live memories matching ``f``."""
+    query = cached(
+        ("newest", scope.key),
+        lambda _: (
+            sa.select(*MEMORY_COLUMNS)
+            .where(scope.live(f))
+            .order_by(memories.c.created_at.desc(), memories.c.id.desc())
+            .limit(sa.bindparam("k"))
+        ),
+        f,
+        {**scope.params, "k": k},
+    )
+    return (yield from fetch_all(query, final=True))
+
+
+def bounded_count(scope: Scope, f: Filter, limit: int, live: bool = True) -> Operation[int]:
+    """``min(count, limit + 1)``: stops reading once more than ``limit`` rows matched. With
+    ``live=False``, of every row of the collection (any tenant, expired or not)."""
+
+    def build(_: Any) -> sa.Select[Any]:
+        where = scope.live(f) if live else sa.and_(collection_predicate(scope.info), f.expression)
+        inner = (
+            sa.select(sa.literal(1)).select_from(memories).where(where).limit(sa.bindparam("n")).subquery()
+        )
+        return sa.select(sa.func.count()).select_from(inner)
+
+    params = {**scope.params, "n": limit + 1} if live else {"n": limit + 1}
+    query = cached(("bounded", scope.key, live), build, f, params)
+    return int((yield from execute(query))[0].rows[0][0])
+
+
+ORDERS = ("newest", "oldest")
+
+
+def page(
+    scope: Scope, f: Filter, limit: int, offset: int, cursor: Any, order: str, include_embeddings: bool
+) -> Operation[list[tuple[Any, ...]]]:
+    """Live memories matching ``f`` in a stable order (creation time, then id), after the memory
+    ``cursor`` when given: (id, text, metadata, created_at, embedding or None, expires_at)."""
+    newest_first = order == "newest"
+
+    def build(_: Any) -> sa.Select[Any]:
+        key = sa.tuple_(memories.c.created_at, memories.c.id)
+        where = scope.live(f)
+        if cursor is not None:
+            created = (
+                sa.select(memories.c.created_at)
+                .where(scope.rows(), memories.c.id == sa.bindparam("cursor"))
+                .scalar_subquery()
+            )
+            mark = sa.tuple_(created, sa.bindparam("cursor", type_=memories.c.id.type))
+            after = key < mark if newest_first else key > mark
+            where = sa.and_(where, after)
+        vectors = stored_vectors(scope.info) if include_embeddings else sa.null()
+        columns = (*MEMORY_COLUMNS, vectors, memories.c.expires_at)
+        ordering = (memories.c.created_at, memories.c.id)
+        return (
+            sa.select(*columns)
+            .where(where)
+            .order_by(*(c.desc() if newest_first else c.asc() for c in ordering))
+            .limit(sa.bindparam("limit"))
+            .offset(sa.bindparam("offset"))
+        )
+
+    params = {**scope.params, "limit": limit, "offset": offset, "cursor": cursor}
+    query = cached(
+        ("page", scope.key, newest_first, cursor is not None, include_embeddings), build, f, params
+    )
+    return (yield from fetch_all(query, final=True))
