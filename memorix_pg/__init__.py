@@ -1,5 +1,6 @@
 """memorix-pg: a PostgreSQL + pgvector storage engine for AI memory."""
 
+from .aio import AsyncMemoryAPI
 from .api import VECTOR_STORES, MemoryAPI
 from .embedders import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .errors import (
@@ -19,6 +20,7 @@ from .memory import Memory
 
 __all__ = [
     "VECTOR_STORES",
+    "AsyncMemoryAPI",
     "CollectionNotFound",
     "ConfigurationError",
     "DatabaseUnavailable",

@@ -542,8 +542,7 @@ def rotate_key(
         encryption_key=old_key,
         encrypted_metadata=keys if old_key else (),
     )
-    api.encrypted_metadata = keys
-    count = api.rotate_key(None if decrypt else new_key)
+    count = api.rotate_key(None if decrypt else new_key, encrypted_metadata=keys)
     click.echo(f"rewrote {count} memories of {collection!r} under {'no key' if decrypt else 'the new key'}")
 
 

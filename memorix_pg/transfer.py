@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from .errors import ConfigurationError, InvalidInput
-from .models import memories
 from .validation import check_embedding, check_text, check_timestamp, clean_metadata, parse_id
-from .vector_index import stored_vectors
 
 if TYPE_CHECKING:
     from .api import MemoryAPI
@@ -37,37 +34,30 @@ def export_jsonl(
     api: MemoryAPI, out: IO[str], filter: dict[str, Any] | None = None, progress: bool = False
 ) -> int:
     """Write the collection's live memories (matching ``filter``), oldest first, one JSON object a line."""
-    stmt = (
-        sa.select(
-            memories.c.id,
-            memories.c.text,
-            memories.c.metadata,
-            stored_vectors(api._collection).label("embedding"),
-            memories.c.created_at,
-            memories.c.expires_at,
-        )
-        .where(api._where(filter))
-        .order_by(memories.c.created_at, memories.c.id)
-    )
     bar = _progress(progress, "exporting", api.count(filter))
     written = 0
-    with api._transaction() as conn:
-        for row in conn.execution_options(yield_per=CHUNK).execute(stmt):
+    cursor: str | None = None
+    while True:
+        page = api.list(filter, CHUNK, cursor=cursor, order="oldest", include_embeddings=True)
+        for memory in page:
             # Exported in plaintext (decrypted when the collection is encrypted): import
             # encrypts again under whatever key the importing MemoryAPI holds.
-            text, metadata = api._open(row.id, row.text, dict(row.metadata))
+            assert memory.embedding is not None and memory.created_at is not None
             record = {
-                "id": str(row.id),
-                "text": text,
-                "metadata": metadata,
-                "embedding": [float(x) for x in np.asarray(row.embedding, dtype=np.float32)],
-                "created_at": row.created_at.isoformat(),
-                "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+                "id": memory.id,
+                "text": memory.text,
+                "metadata": memory.metadata,
+                "embedding": [float(x) for x in memory.embedding],
+                "created_at": memory.created_at.isoformat(),
+                "expires_at": memory.expires_at.isoformat() if memory.expires_at else None,
             }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written += 1
-            if bar is not None:
-                bar.update(1)
+        written += len(page)
+        if bar is not None:
+            bar.update(len(page))
+        if len(page) < CHUNK:
+            break
+        cursor = page[-1].id
     if bar is not None:
         bar.close()
     return written

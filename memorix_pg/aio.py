@@ -1,0 +1,367 @@
+"""``AsyncMemoryAPI``: ``MemoryAPI`` with every method a coroutine, on psycopg's async connections.
+
+It shares the core (arguments, statements, planner, transactions) with ``MemoryAPI``; only the
+runner differs. The collection is opened on first use, or by ``async with``. Cancelling a call
+(``task.cancel()``, ``asyncio.timeout``) rolls its transaction back: a cancelled
+``store_batch`` leaves nothing behind, and the connection goes back to the pool clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from .cache import CacheInfo
+from .connections import PoolOptions, async_source
+from .core import Core
+from .embedders import Embedder
+from .errors import MemorixError
+from .lifecycle import CompressionReport, DuplicatePair, Summarizer
+from .memory import Memory
+from .runner import AsyncRunner
+from .search import SearchPlan
+from .steps import Call
+
+__all__ = ["AsyncMemoryAPI"]
+
+T = TypeVar("T")
+
+
+class AsyncMemoryAPI:
+    """Store, retrieve, update and delete memories in one collection.
+
+    ``database_url`` (else ``MEMORIX_DATABASE_URL``, else an embedded server) picks the
+    database. ``distance`` (cosine, l2, ip) and ``precision`` (full, half) apply when the
+    collection is created and are fixed after. ``dedupe=True`` makes ``store`` return the
+    existing id for a text already in the collection; ``cache_size`` bounds the LRU cache
+    of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
+    enforced by PostgreSQL row-level security for roles that do not own the table.
+    ``encryption_key`` encrypts texts (and the ``encrypted_metadata`` keys' values) with
+    AES-GCM before they leave the process; embeddings stay searchable.
+
+    Connections come from one pool per process and URL, shared by every ``MemoryAPI``
+    (``pool_size``, ``max_overflow``, ``pool_timeout``, ``connect_timeout`` configure it), or
+    from ``pool=``: a ``psycopg_pool.ConnectionPool`` or a SQLAlchemy ``Engine`` of yours.
+    """
+
+    def __init__(
+        self,
+        vector_store: str = "pgvector",
+        embedder: str | Embedder = "sentence-transformers",
+        collection_name: str = "default",
+        database_url: str | None = None,
+        *,
+        distance: str | None = None,
+        precision: str | None = None,
+        auto_migrate: bool = True,
+        dedupe: bool = False,
+        cache_size: int = 1024,
+        tenant: str | None = None,
+        encryption_key: str | bytes | None = None,
+        encrypted_metadata: Sequence[str] = (),
+        pool: Any = None,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        pool_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._core = Core(
+            vector_store,
+            embedder,
+            collection_name,
+            database_url,
+            distance=distance,
+            precision=precision,
+            auto_migrate=auto_migrate,
+            dedupe=dedupe,
+            cache_size=cache_size,
+            tenant=tenant,
+            encryption_key=encryption_key,
+            encrypted_metadata=encrypted_metadata,
+        )
+        self._options = PoolOptions(pool_size, max_overflow, pool_timeout, connect_timeout)
+        self._pool = pool
+        self._runner: AsyncRunner | None = None
+        self._closed = False
+
+    async def _run(self, call: Call[T]) -> T:
+        if self._closed:
+            raise MemorixError(f"{self!r} is closed; make a new AsyncMemoryAPI")
+        if self._runner is None:
+            await asyncio.to_thread(self._core.resolve)
+            source = async_source(self._core.url, self._options, self._pool)
+            self._runner = AsyncRunner(source, self._core.url, self._core.settings, self._core.restart)
+        return await self._runner.run(call)
+
+    async def open(self) -> AsyncMemoryAPI:
+        """Open the collection now (creating it when absent) rather than on first use."""
+        await self._run(self._core.open())
+        return self
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        """The libpq URL in use (known once the object has been used or opened)."""
+        return self._core.url
+
+    @property
+    def embedded(self) -> bool:
+        return self._core.embedded
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._core.embedding.embedder
+
+    @property
+    def collection_name(self) -> str:
+        return self._core.collection_name
+
+    @property
+    def tenant(self) -> str | None:
+        return self._core.tenant
+
+    @property
+    def dedupe(self) -> bool:
+        return self._core.dedupe
+
+    @property
+    def encrypted_metadata(self) -> tuple[str, ...]:
+        return self._core.sealer.encrypted_keys
+
+    @property
+    def collection_id(self) -> int:
+        """The collection's id in ``memorix.collections`` (once the object has been used or opened)."""
+        if self._core.info is None:
+            raise MemorixError("the collection is not open yet: await open() or make a call first")
+        return self._core.info.id
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, maximum and current size of the embedding cache."""
+        return self._core.cache_info()
+
+    async def close(self) -> None:
+        """Stop using this object: later calls raise. Its connections are already back in the
+        pool; the shared pool stays for other objects, and a ``pool=`` of yours is yours to close."""
+        self._closed = True
+
+    async def __aenter__(self) -> AsyncMemoryAPI:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def store(
+        self,
+        text: str,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        *,
+        ttl: timedelta | None = None,
+        dedupe: bool | None = None,
+    ) -> str:
+        """Store one memory and return its id (a UUID string). An existing id is replaced.
+
+        ``ttl`` makes it expire; with ``dedupe`` an identical text already in the collection
+        is not stored again and its id is returned.
+        """
+        return (
+            await self.store_batch(
+                [text],
+                [metadata] if metadata is not None else None,
+                [id] if id is not None else None,
+                ttl=ttl,
+                dedupe=dedupe,
+            )
+        )[0]
+
+    async def store_batch(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        embeddings: Sequence[Sequence[float]] | npt.NDArray[np.floating[Any]] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        dedupe: bool | None = None,
+        progress: bool = False,
+        created_at: Sequence[datetime] | None = None,
+    ) -> builtins.list[str]:
+        """Store many memories in one transaction: all of them, or none if any is invalid.
+
+        Large batches are written with binary COPY; a load that dwarfs the collection builds
+        its HNSW index once afterwards instead of row by row. Given ``ids`` are upserted, so a
+        re-run import neither loses nor duplicates anything. ``created_at`` keeps the original
+        times of imported memories (default: now).
+        """
+        return await self._run(
+            self._core.store_batch(texts, metadatas, ids, embeddings, ttl, dedupe, progress, created_at)
+        )
+
+    async def update(
+        self, id: str, text: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Memory:
+        """Merge ``metadata`` into the stored metadata (a key set to None is removed) and,
+        when ``text`` is given, replace the text and its embedding. Returns the updated memory."""
+        return await self._run(self._core.update(id, text, metadata))
+
+    async def delete(self, id: str) -> bool:
+        """Delete one memory; False when it did not exist."""
+        return await self._run(self._core.delete(id))
+
+    async def delete_by_filter(self, filter: Mapping[str, Any]) -> int:
+        """Delete every memory matching ``filter`` in one statement; ``{}`` deletes the whole collection."""
+        return await self._run(self._core.delete_by_filter(filter))
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get(self, id: str) -> Memory | None:
+        return await self._run(self._core.get(id))
+
+    async def list(
+        self,
+        filter: Mapping[str, Any] | None = None,
+        limit: int = 100,
+        *,
+        cursor: str | None = None,
+        offset: int = 0,
+        order: str = "newest",
+        include_embeddings: bool = False,
+    ) -> builtins.list[Memory]:
+        """Page through the collection in a stable order (``"newest"`` or ``"oldest"`` first, by
+        creation time then id). ``cursor`` is the id of the last memory of the previous page
+        (keyset paging: no row is skipped or repeated while others are written); ``offset``
+        skips rows. ``include_embeddings=True`` fills ``Memory.embedding``."""
+        return await self._run(self._core.page(filter, limit, cursor, offset, order, include_embeddings))
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many memories match ``filter`` (all of the collection's without one): one COUNT."""
+        return await self._run(self._core.count(filter))
+
+    async def retrieve(
+        self,
+        query: str | None,
+        top_k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None = None,
+        *,
+        exact: bool | None = None,
+        ef_search: int | None = None,
+    ) -> builtins.list[Memory]:
+        """The ``top_k`` memories most similar to ``query`` among those matching ``filter``.
+
+        With an empty query and no ``embedding`` nothing is ranked (and nothing embedded):
+        the matching memories come back newest first, with ``score`` None.
+        """
+        return (await self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search)))[0]
+
+    async def explain_retrieve(
+        self,
+        query: str | None,
+        top_k: int = 5,
+        filter: Mapping[str, Any] | None = None,
+        embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None = None,
+        *,
+        exact: bool | None = None,
+        ef_search: int | None = None,
+    ) -> SearchPlan:
+        """Which search path ``retrieve`` takes for these arguments, and why."""
+        return (await self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search)))[1]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None = None) -> int:
+        """Delete memories stored more than ``older_than`` ago (and matching ``filter``): one DELETE."""
+        return await self._run(self._core.cleanup(older_than, filter))
+
+    async def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None = None) -> int:
+        """What ``cleanup`` would delete (for a dry run)."""
+        return await self._run(self._core.count_older_than(older_than, filter))
+
+    async def purge_expired(self) -> int:
+        """Delete this collection's memories whose TTL has passed."""
+        return await self._run(self._core.purge_expired())
+
+    async def archive(self, filter: Mapping[str, Any], to: str) -> int:
+        """Move the matching memories to collection ``to`` in one statement, embeddings kept.
+
+        Sets ``archived: true`` and ``archived_at`` in their metadata. The target is created
+        with this collection's embedder when absent; another embedder is EmbedderMismatch.
+        Atomic: if anything fails, nothing moved.
+        """
+        return await self._run(self._core.archive(filter, to))
+
+    async def compress(
+        self,
+        filter: Mapping[str, Any] | None = None,
+        window: timedelta = timedelta(hours=1),
+        summarizer: Summarizer | None = None,
+        min_group: int = 2,
+        max_chars: int = 1000,
+        group_by: Sequence[str] = ("session_id",),
+    ) -> CompressionReport:
+        """Replace each time window's matching memories with one summary memory.
+
+        Windows are ``date_bin(window, created_at)`` groups of at least ``min_group``
+        memories; memories with different ``group_by`` values (by default the session) never
+        share one. The summary keeps the metadata all originals share (so ``type`` and
+        ``session_id`` survive) plus ``compressed``, ``original_count``, ``window_start``,
+        ``window_end`` and ``source_ids``; each window is stored and its originals deleted in
+        one transaction. The default summarizer is extractive (no LLM): the most central
+        messages by embedding similarity, in time order, within ``max_chars``.
+        """
+        return await self._run(
+            self._core.compress(filter, window, summarizer, min_group, max_chars, group_by)
+        )
+
+    async def find_duplicates(
+        self, threshold: float = 0.95, limit: int = 100, neighbours: int = 5
+    ) -> builtins.list[DuplicatePair]:
+        """Pairs of memories whose similarity (the score ``retrieve`` reports) is at least
+        ``threshold``, most similar first, found through the collection's index."""
+        return await self._run(self._core.find_duplicates(threshold, limit, neighbours))
+
+    async def rotate_key(
+        self,
+        new_key: str | bytes | None,
+        batch: int = 1000,
+        *,
+        encrypted_metadata: Sequence[str] | None = None,
+    ) -> int:
+        """Re-encrypt this collection's memories (of this tenant) under ``new_key``, in one transaction.
+
+        Values stored in plaintext are encrypted too (so this also turns encryption on for
+        existing data); ``new_key=None`` decrypts everything. The dedup hashes are recomputed
+        under the new key. Returns how many memories were rewritten; afterwards this object
+        uses the new key. ``encrypted_metadata`` names the metadata keys to encrypt under the new
+        key (default: those encrypted now).
+        """
+        return await self._run(self._core.rotate_key(new_key, batch, encrypted_metadata))
+
+    async def create_index(self, key: str, type: str = "text") -> str:
+        """Create the btree expression index that range filters on metadata ``key`` use.
+
+        ``type="text"`` serves string ranges (ISO timestamps: ``{"timestamp": {"$gte": ...}}``),
+        ``type="number"`` numeric ones. Equality and ``$in`` need no index of their own: the GIN
+        index on metadata serves them. Built CONCURRENTLY (writers are not blocked), shared by
+        every collection, idempotent. Returns the index name.
+        """
+        return await self._run(self._core.create_index(key, type))
+
+    async def stats(self, group_by: str | None = None) -> dict[str, Any]:
+        """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key.
+
+        Memories without the key (or with a null) count under ``None``.
+        """
+        return await self._run(self._core.stats(group_by))
+
+    def __repr__(self) -> str:
+        return f"AsyncMemoryAPI(collection_name={self.collection_name!r}, embedder={self.embedder.name!r})"

@@ -1,0 +1,529 @@
+"""The engine under ``MemoryAPI`` and ``AsyncMemoryAPI``: arguments checked, operations built.
+
+Each public method of the façades is one call here: it validates the arguments and returns a
+:class:`~memorix_pg.steps.Call`, which the façade runs with its sync or async runner. The
+statements, the planner and the transactions live in the operations (reads, writes, search,
+lifecycle), written once for both.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from . import lifecycle, reads, writes
+from .cache import CacheInfo
+from .catalog import check_compatible, open_collection
+from .crypto import Sealer, TextCipher
+from .database import check_pgvector, get_engine, resolve_database
+from .embedders import Embedder, resolve_embedder
+from .embedding import Embedding
+from .errors import ConfigurationError, FilterError, InvalidInput, MemoryNotFound
+from .filters import index_expression
+from .memory import Memory
+from .scope import Scope, tenant_settings
+from .search import Planner, SearchPlan, planner_for, search
+from .server import ensure_embedded_server
+from .statements import Filter, compile_where
+from .steps import Call, Operation, Query, offload
+from .validation import (
+    check_batch_lengths,
+    check_collection_name,
+    check_embedding,
+    check_tenant,
+    check_text,
+    check_timestamp,
+    clean_metadata,
+    parse_id,
+)
+from .vector_index import (
+    CollectionInfo,
+    create_expression_index,
+    metadata_index_name,
+    repair,
+    score_from_distance,
+)
+
+__all__ = ["MAX_TOP_K", "VECTOR_STORES", "Core", "forget_database"]
+
+T = TypeVar("T")
+
+VECTOR_STORES = ("pgvector", "postgres", "postgresql")
+MAX_TOP_K = 2**31 - 1  # LIMIT takes a bigint; nothing sensible asks for more than int4
+
+_prepared: set[str] = set()
+_prepared_lock = threading.Lock()
+
+
+def prepare_database(url: str, auto_migrate: bool) -> None:
+    """Once per URL per process: check pgvector is there and bring the schema to head."""
+    with _prepared_lock:
+        if url in _prepared:
+            return
+        from .migrate import current_revision, head_revision, upgrade  # alembic: only when first used
+
+        engine = get_engine(url)
+        check_pgvector(engine, url)
+        if current_revision(engine) != head_revision():
+            if not auto_migrate:
+                raise ConfigurationError(
+                    "the memorix schema is not at the latest revision; run `memorix-pg migrate` "
+                    "(or `alembic upgrade head`) with a role that may create tables, "
+                    "or pass auto_migrate=True"
+                )
+            upgrade(url)
+        _prepared.add(url)
+
+
+def forget_database(url: str) -> None:
+    """Check and migrate ``url`` again on next use (after it was dropped and recreated)."""
+    with _prepared_lock:
+        _prepared.discard(url)
+
+
+def _positive_timedelta(value: object, name: str) -> timedelta:
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise InvalidInput(f"{name} must be a positive timedelta, got {value!r}")
+    return value
+
+
+def _expiry(ttl: timedelta | None) -> datetime | None:
+    if ttl is None:
+        return None
+    _positive_timedelta(ttl, "ttl")
+    try:
+        return datetime.now(UTC) + ttl
+    except OverflowError:
+        raise InvalidInput(f"ttl {ttl!r} puts the expiry past the year 9999") from None
+
+
+def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise InvalidInput(f"{name} must be an int {bound}, got {value!r}")
+    return value
+
+
+class Core:
+    """One collection of one database, for one tenant (or none): the state both façades share."""
+
+    def __init__(
+        self,
+        vector_store: str,
+        embedder: str | Embedder,
+        collection_name: str,
+        database_url: str | None,
+        *,
+        distance: str | None,
+        precision: str | None,
+        auto_migrate: bool,
+        dedupe: bool,
+        cache_size: int,
+        tenant: str | None,
+        encryption_key: str | bytes | None,
+        encrypted_metadata: Sequence[str],
+    ) -> None:
+        if vector_store not in VECTOR_STORES:
+            raise ConfigurationError(
+                f"vector_store {vector_store!r} is not supported; memorix-pg accepts "
+                + ", ".join(repr(v) for v in VECTOR_STORES)
+            )
+        self.embedding = Embedding(resolve_embedder(embedder), cache_size)
+        self.dedupe = dedupe
+        self.tenant = check_tenant(tenant)
+        cipher = TextCipher(encryption_key) if encryption_key is not None else None
+        self.sealer = Sealer(cipher, tuple(encrypted_metadata))
+        self.collection_name = check_collection_name(collection_name)
+        self.distance = distance
+        self.precision = precision
+        self.auto_migrate = auto_migrate
+        self.requested_url = database_url
+        self.url = ""
+        self.embedded = False
+        self.data_dir: Path | None = None
+        self.info: CollectionInfo | None = None
+        self.settings: tuple[Query, ...] = tenant_settings(self.tenant)
+
+    # -- opening ------------------------------------------------------------------------
+
+    def resolve(self) -> None:
+        """Find the database (starting the embedded server when none is configured): blocking."""
+        resolved = resolve_database(self.requested_url)
+        self.url, self.embedded, self.data_dir = resolved.url, resolved.embedded, resolved.data_dir
+
+    def restart(self) -> None:
+        """Start a dead embedded server again (the runners call this before retrying)."""
+        if self.embedded:
+            ensure_embedded_server(self.data_dir)
+            self.info = None  # opened again (and its index repaired) by the next call
+
+    def _open(self) -> Operation[CollectionInfo]:
+        yield from offload(prepare_database, self.url, self.auto_migrate)
+        info = yield from open_collection(
+            self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
+        )
+        yield from repair(info)
+        self.info = info
+        return info
+
+    def opened(self) -> Operation[CollectionInfo]:
+        """The collection, opened on first use (and again after a restart of the server)."""
+        if self.info is not None:
+            return self.info
+        return (yield from self._open())
+
+    def open(self) -> Call[CollectionInfo]:
+        return Call(self._open, idempotent=True, scoped=False)
+
+    @property
+    def scope(self) -> Scope:
+        assert self.info is not None, "the collection is not open yet"
+        return Scope(self.info, self.tenant)
+
+    @property
+    def planner(self) -> Planner:
+        assert self.info is not None
+        return planner_for(self.url, self.info)
+
+    def _call(self, body: Any, idempotent: bool = False) -> Call[Any]:
+        """``body(scope)`` after the collection is open."""
+
+        def make() -> Operation[Any]:
+            yield from self.opened()
+            return (yield from body(self.scope))
+
+        return Call(make, idempotent=idempotent)
+
+    def _where(self, filter: Mapping[str, Any] | None) -> Filter:
+        compiled = compile_where(filter)  # first: it bounds the filter's depth for check_filter
+        self.sealer.check_filter(filter)
+        return compiled
+
+    def memory(
+        self, row: Sequence[Any], score: float | None = None, embedding: Any = None, expires_at: Any = None
+    ) -> Memory:
+        """A result row (id, text, metadata, created_at, ...) as the caller sees it."""
+        row_id = row[0]
+        return Memory(
+            id=str(row_id),
+            text=self.sealer.open_text(row_id, row[1]),
+            metadata=self.sealer.open_metadata(row_id, dict(row[2])),
+            score=score,
+            created_at=row[3],
+            collection=self.collection_name,
+            embedding=_as_array(embedding) if embedding is not None else None,
+            expires_at=expires_at,
+        )
+
+    def cache_info(self) -> CacheInfo:
+        return self.embedding.info()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def store_batch(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any] | None] | None,
+        ids: Sequence[str] | None,
+        embeddings: Sequence[Sequence[float]] | npt.NDArray[np.floating[Any]] | None,
+        ttl: timedelta | None,
+        dedupe: bool | None,
+        progress: bool,
+        created_at: Sequence[datetime] | None,
+    ) -> Call[list[str]]:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise InvalidInput("texts must be a list of str")
+        check_batch_lengths(texts, metadatas=metadatas, ids=ids, embeddings=embeddings, created_at=created_at)
+        times = (
+            [check_timestamp(t, f"created_at[{i}]") for i, t in enumerate(created_at)] if created_at else None
+        )
+        expires_at = _expiry(ttl)
+        if not texts:
+            return Call(_nothing)
+        clean_texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        clean_metas = [
+            clean_metadata(m, f"metadatas[{i}]") for i, m in enumerate(metadatas or [None] * len(texts))
+        ]
+        row_ids = (
+            [parse_id(v, f"ids[{i}]") for i, v in enumerate(ids)] if ids else [uuid.uuid4() for _ in texts]
+        )
+        first: dict[uuid.UUID, int] = {}
+        for i, row_id in enumerate(row_ids):
+            if (j := first.setdefault(row_id, i)) != i:
+                raise InvalidInput(f"ids[{i}] repeats ids[{j}] ({row_id}): the same id more than once")
+        vectors = (
+            np.stack(
+                [check_embedding(e, self.embedding.dim, f"embeddings[{i}]") for i, e in enumerate(embeddings)]
+            )
+            if embeddings is not None
+            else None
+        )
+        new = writes.NewMemories(
+            texts=clean_texts,
+            metadatas=clean_metas,
+            ids=row_ids,
+            hashes=[self.sealer.content_hash(t) for t in clean_texts],
+            vectors=vectors,
+            created_at=times,
+            expires_at=expires_at,
+            upsert=ids is not None,
+        )
+        deduping = self.dedupe if dedupe is None else dedupe
+
+        def body(scope: Scope) -> Operation[list[str]]:
+            stored = yield from writes.store(
+                scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
+            )
+            return [str(r) for r in stored]
+
+        return self._call(body)
+
+    def update(self, id: str, text: str | None, metadata: Mapping[str, Any] | None) -> Call[Memory]:
+        row_id = parse_id(id)
+        patch = clean_metadata(metadata)
+        removed = [k for k, v in patch.items() if v is None]
+        kept = self.sealer.seal_metadata(row_id, {k: v for k, v in patch.items() if v is not None})
+        new_text = check_text(text) if text is not None else None
+
+        def body(scope: Scope) -> Operation[Memory]:
+            replacement = None
+            if new_text is not None:
+                vector = (yield from offload(self.embedding.embed, [new_text]))[0]
+                replacement = (
+                    self.sealer.seal_text(row_id, new_text),
+                    vector,
+                    self.sealer.content_hash(new_text),
+                )
+            row = yield from writes.update(scope, row_id, kept, removed, replacement)
+            if row is None:
+                raise MemoryNotFound(f"no memory with id {id} in collection {self.collection_name!r}")
+            return self.memory(row)
+
+        return self._call(body)
+
+    def delete(self, id: str) -> Call[bool]:
+        row_id = parse_id(id)
+        return self._call(lambda scope: writes.delete(scope, self.planner, row_id))
+
+    def delete_by_filter(self, filter: Mapping[str, Any]) -> Call[int]:
+        if filter is None:
+            raise FilterError(
+                "delete_by_filter needs a filter; pass {} to delete every memory in the collection"
+            )
+        f = self._where(filter)
+        return self._call(
+            lambda scope: writes.delete_where(scope, self.planner, scope.live(f), f, "filter", {})
+        )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, id: str) -> Call[Memory | None]:
+        row_id = parse_id(id)
+
+        def body(scope: Scope) -> Operation[Memory | None]:
+            rows = yield from reads.get(scope, row_id)
+            return self.memory(rows[0]) if rows else None
+
+        return self._call(body, idempotent=True)
+
+    def page(
+        self,
+        filter: Mapping[str, Any] | None,
+        limit: int,
+        cursor: str | None,
+        offset: int,
+        order: str,
+        include_embeddings: bool,
+    ) -> Call[list[Memory]]:
+        _check_int(limit, "limit", 1, MAX_TOP_K)
+        _check_int(offset, "offset", 0, MAX_TOP_K)
+        if order not in reads.ORDERS:
+            raise InvalidInput(f"order must be one of {', '.join(map(repr, reads.ORDERS))}, got {order!r}")
+        after = parse_id(cursor, "cursor") if cursor is not None else None
+        f = self._where(filter)
+
+        def body(scope: Scope) -> Operation[list[Memory]]:
+            rows = yield from reads.page(scope, f, limit, offset, after, order, bool(include_embeddings))
+            return [self.memory(r, embedding=r[4], expires_at=r[5]) for r in rows]
+
+        return self._call(body, idempotent=True)
+
+    def count(self, filter: Mapping[str, Any] | None) -> Call[int]:
+        f = self._where(filter)
+        return self._call(lambda scope: reads.count(scope, f), idempotent=True)
+
+    def retrieve(
+        self,
+        query: str | None,
+        top_k: int,
+        filter: Mapping[str, Any] | None,
+        embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None,
+        exact: bool | None,
+        ef_search: int | None,
+    ) -> Call[tuple[list[Memory], SearchPlan]]:
+        _check_int(top_k, "top_k", 1, MAX_TOP_K)
+        if ef_search is not None:
+            _check_int(ef_search, "ef_search", 1)
+        if exact is not None and not isinstance(exact, bool):
+            raise InvalidInput(f"exact must be True, False or None, got {exact!r}")
+        if query is not None and not isinstance(query, str):
+            raise InvalidInput(f"query must be a str or None, got {type(query).__name__}")
+        f = self._where(filter)
+        vector = check_embedding(embedding, self.embedding.dim) if embedding is not None else None
+        text = check_text(query, "query") if vector is None and query else None
+
+        def body(scope: Scope) -> Operation[tuple[list[Memory], SearchPlan]]:
+            if vector is None and text is None:
+                rows = yield from reads.newest(scope, f, top_k)
+                return [self.memory(r) for r in rows], SearchPlan("recent", "empty query: newest first", None)
+            q = vector if vector is not None else (yield from offload(self.embedding.one, text))
+            rows, plan = yield from search(scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search)
+            distance = scope.info.distance
+            return [self.memory(r, score_from_distance(distance, float(r[4]))) for r in rows], plan
+
+        return self._call(body, idempotent=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
+        age = _positive_timedelta(older_than, "older_than")
+        f = self._where(filter)
+        return self._call(lambda scope: lifecycle.cleanup(scope, self.planner, f, age))
+
+    def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
+        age = _positive_timedelta(older_than, "older_than")
+        f = self._where(filter)
+        return self._call(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True)
+
+    def purge_expired(self) -> Call[int]:
+        return self._call(lambda scope: lifecycle.purge_expired(scope, self.planner))
+
+    def archive(self, filter: Mapping[str, Any], to: str) -> Call[int]:
+        if filter is None:
+            raise FilterError("archive needs a filter; pass {} to archive the whole collection")
+        target_name = check_collection_name(to)
+        if target_name == self.collection_name:
+            raise InvalidInput(f"cannot archive collection {to!r} into itself")
+        f = self._where(filter)
+
+        def body(scope: Scope) -> Operation[int]:
+            info = scope.info
+            target = yield from open_collection(
+                target_name, self.embedding.name, self.embedding.dim, info.distance, info.precision
+            )
+            check_compatible(target, self.embedding.name, self.embedding.dim)
+            return (
+                yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target), f, target)
+            )
+
+        return self._call(body)
+
+    def compress(
+        self,
+        filter: Mapping[str, Any] | None,
+        window: timedelta,
+        summarizer: lifecycle.Summarizer | None,
+        min_group: int,
+        max_chars: int,
+        group_by: Sequence[str],
+    ) -> Call[lifecycle.CompressionReport]:
+        size = _positive_timedelta(window, "window")
+        _check_int(min_group, "min_group", 1)
+        f = self._where(filter)
+        return self._call(
+            lambda scope: lifecycle.compress(
+                scope,
+                self.planner,
+                f,
+                self.sealer,
+                self.embedding,
+                window=size,
+                summarizer=summarizer,
+                min_group=min_group,
+                max_chars=max_chars,
+                group_by=group_by,
+            )
+        )
+
+    def find_duplicates(
+        self, threshold: float, limit: int, neighbours: int
+    ) -> Call[list[lifecycle.DuplicatePair]]:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not -1.0 <= threshold <= 1.0
+        ):
+            raise InvalidInput(f"threshold must be a number in [-1, 1], got {threshold!r}")
+
+        def body(scope: Scope) -> Operation[list[lifecycle.DuplicatePair]]:
+            rows = yield from lifecycle.find_duplicates(scope, threshold, limit, neighbours)
+            open_text = self.sealer.open_text
+            return [
+                lifecycle.DuplicatePair(str(a), str(b), float(s), open_text(a, ta), open_text(b, tb))
+                for a, b, s, ta, tb in rows
+            ]
+
+        return self._call(body, idempotent=True)
+
+    def stats(self, group_by: str | None) -> Call[dict[str, Any]]:
+        if group_by is None:
+            f = self._where(None)
+
+            def total(scope: Scope) -> Operation[dict[str, Any]]:
+                return {"total": (yield from reads.count(scope, f)), "groups": {}}
+
+            return self._call(total, idempotent=True)
+        self.sealer.check_group_key(group_by)
+
+        def grouped(scope: Scope) -> Operation[dict[str, Any]]:
+            groups = yield from lifecycle.group_counts(scope, group_by)
+            return {"total": sum(groups.values()), "groups": groups}
+
+        return self._call(grouped, idempotent=True)
+
+    def create_index(self, key: str, type: str) -> Call[str]:
+        index_expression(key, type)  # validates the key and the type before anything runs
+        name = metadata_index_name(key, type)
+
+        def body(scope: Scope) -> Operation[str]:
+            yield from create_expression_index(name, lambda column: index_expression(key, type, column))
+            return name
+
+        return self._call(body, idempotent=True)
+
+    def rotate_key(
+        self, new_key: str | bytes | None, batch: int, encrypted_metadata: Sequence[str] | None
+    ) -> Call[int]:
+        _check_int(batch, "batch", 1)
+        keys = tuple(encrypted_metadata) if encrypted_metadata is not None else self.sealer.encrypted_keys
+        new = Sealer(TextCipher(new_key), keys) if new_key is not None else Sealer(None)
+
+        def body(scope: Scope) -> Operation[int]:
+            rewritten = yield from writes.rotate(scope, self.sealer, new, batch)
+            self.sealer = new
+            return rewritten
+
+        return self._call(body)
+
+
+def _as_array(value: Any) -> npt.NDArray[np.float32]:
+    """A vector read back (pgvector's ``Vector``) as a float32 array."""
+    array = value.to_numpy() if hasattr(value, "to_numpy") else value
+    return np.asarray(array, dtype=np.float32)
+
+
+def _nothing() -> Operation[list[str]]:
+    return []
+    yield  # pragma: no cover - makes this a generator
