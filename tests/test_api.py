@@ -348,9 +348,10 @@ def test_database_url_reaches_the_rows(make_api) -> None:
 
 def test_memory_is_a_frozen_dataclass_with_the_documented_fields() -> None:
     names = [f.name for f in dataclasses.fields(Memory)]
-    assert names == ["id", "text", "metadata", "score", "created_at", "collection"]
+    assert names == ["id", "text", "metadata", "score", "created_at", "collection", "embedding", "expires_at"]
     memory = Memory(id="x", text="t")
     assert (memory.metadata, memory.score, memory.created_at, memory.collection) == ({}, None, None, "")
+    assert (memory.embedding, memory.expires_at) == (None, None)  # filled by list(include_embeddings=True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         memory.text = "changed"  # type: ignore[misc]
 

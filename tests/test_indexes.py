@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from sqlalchemy import event
 
 from memorix_pg import FilterError, MemoryAPI
-from memorix_pg.database import get_engine
+from memorix_pg.runner import watch_statements
 
 N = 50_000
 
@@ -45,15 +44,8 @@ def big(module_database_url: str) -> MemoryAPI:
 @pytest.fixture
 def sent(big: MemoryAPI) -> Iterator[list[tuple[str, Any]]]:
     """Every statement (and its parameters) the library sends while the test runs."""
-    engine = get_engine(big.database_url)
-    statements: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        statements.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    yield statements
-    event.remove(engine, "before_cursor_execute", record)
+    with watch_statements(big.database_url) as statements:
+        yield statements
 
 
 def _plan_of_count(api: MemoryAPI, sent: list[tuple[str, Any]], filter: dict[str, Any]) -> tuple[int, str]:

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from sqlalchemy import event
 
 from memorix_pg import HashEmbedder, InvalidInput, MemoryAPI
 from memorix_pg import ingest as ingest_module
-from memorix_pg.api import EMBED_BATCH
 from memorix_pg.database import get_engine
+from memorix_pg.embedding import EMBED_BATCH
 from memorix_pg.ingest import COPY_MIN_ROWS
+from memorix_pg.runner import watch_statements
 from tests.support.helpers import CountingEmbedder, unit_vectors
 
 
@@ -55,9 +55,9 @@ def copy_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     real = ingest_module._copy_rows
 
-    def spy(conn, collection_id, rows, *args):  # type: ignore[no-untyped-def]
+    def spy(info, rows, *args):  # type: ignore[no-untyped-def]
         sizes.append(len(rows))
-        return real(conn, collection_id, rows, *args)
+        return real(info, rows, *args)
 
     monkeypatch.setattr(ingest_module, "_copy_rows", spy)
     return sizes
@@ -65,17 +65,8 @@ def copy_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @contextmanager
 def captured_sql(api: MemoryAPI) -> Iterator[list[tuple[str, Any]]]:
-    engine = get_engine(api.database_url)
-    statements: list[tuple[str, Any]] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", before)
-    try:
+    with watch_statements(api.database_url) as statements:
         yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
 
 
 # -- COPY, batched embedding, progress --------------------------------------------------------------

@@ -206,3 +206,24 @@ def test_cache_is_keyed_by_model():
     cache.embed("model-a", ["x"], embed)
     assert seen == ["x", "x"]
     assert cache.info() == (1, 2, 10, 2)
+
+
+@pytest.mark.parametrize("distance", ["l2", "ip"])
+def test_find_duplicates_follows_the_collections_distance(make_api, distance):
+    """l2 and ip collections find their near-duplicates through their own operator (and so their
+    own index), with the score retrieve reports: minus the L2 distance, or the inner product."""
+    api = make_api(f"near_{distance}", distance=distance)
+    base = unit_vectors(30, seed=5)
+    vectors = np.vstack([base, with_similarity(base[4], 0.99, 6)])
+    ids = api.store_batch([f"memory {i}" for i in range(31)], embeddings=vectors)
+    expected = (
+        float(vectors[4] @ vectors[30])
+        if distance == "ip"
+        else -float(np.linalg.norm(vectors[4] - vectors[30]))
+    )
+    threshold = 0.98 if distance == "ip" else -0.2
+    found = api.find_duplicates(threshold=threshold)
+    assert [frozenset((d.id_a, d.id_b)) for d in found] == [frozenset((ids[4], ids[30]))]
+    assert found[0].similarity == pytest.approx(expected, abs=1e-4)
+    top = api.retrieve(None, top_k=2, embedding=vectors[4])
+    assert top[1].id == ids[30] and top[1].score == pytest.approx(expected, abs=1e-4)

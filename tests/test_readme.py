@@ -48,6 +48,13 @@ def test_python_quick_start_runs(database_url: str, monkeypatch: pytest.MonkeyPa
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(memorix_pg, "MemoryAPI", hashed)
+    real_async = memorix_pg.AsyncMemoryAPI
+
+    def hashed_async(*args: object, **kwargs: object) -> memorix_pg.AsyncMemoryAPI:
+        kwargs["embedder"] = "hash"
+        return real_async(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(memorix_pg, "AsyncMemoryAPI", hashed_async)
     namespace: dict[str, object] = {}
     for block in _blocks("python"):
         exec(compile(block, "README.md", "exec"), namespace)

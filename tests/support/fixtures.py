@@ -18,11 +18,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.support.async_api import AwaitedAPI, EventLoopThread
 
 DATABASE_URL_ENV = "MEMORIX_TEST_DATABASE_URL"
 
@@ -134,17 +137,35 @@ def module_database_url(pg_server_url: str) -> Iterator[str]:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture
-def make_api(database_url: str):  # type: ignore[no-untyped-def]
-    """Build MemoryAPI objects on a fresh database; the hash embedder unless told otherwise."""
-    from memorix_pg import MemoryAPI
+@pytest.fixture(scope="session")
+def event_loop_thread() -> Iterator[EventLoopThread]:
+    """The event loop that runs AsyncMemoryAPI's coroutines for the async side of the tests."""
+    loop = EventLoopThread()
+    yield loop
+    loop.close()
 
-    def make(collection_name: str = "test", embedder: object = "hash", **kwargs: object) -> MemoryAPI:
-        return MemoryAPI(
-            embedder=embedder,  # type: ignore[arg-type]
-            collection_name=collection_name,
-            database_url=database_url,
-            **kwargs,  # type: ignore[arg-type]
-        )
+
+@pytest.fixture(params=["sync", "async"])
+def api_kind(request: pytest.FixtureRequest) -> str:
+    """Which API ``make_api`` builds: every test that uses it runs against both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_api(database_url: str, api_kind: str, event_loop_thread: EventLoopThread):  # type: ignore[no-untyped-def]
+    """Build MemoryAPI objects on a fresh database (the hash embedder unless told otherwise), or
+    AsyncMemoryAPI objects driven through their coroutines (see tests/support/async_api.py)."""
+    from memorix_pg import AsyncMemoryAPI, MemoryAPI
+
+    def make(collection_name: str = "test", embedder: object = "hash", **kwargs: object) -> Any:
+        options: dict[str, Any] = {
+            "embedder": embedder,
+            "collection_name": collection_name,
+            "database_url": database_url,
+            **kwargs,
+        }
+        if api_kind == "async":
+            return AwaitedAPI(event_loop_thread, AsyncMemoryAPI(**options))
+        return MemoryAPI(**options)
 
     return make

@@ -193,32 +193,31 @@ def db_fingerprint(url: str) -> tuple[Any, ...]:
 
 
 class CapturedSQL:
-    """The SQL text the library sends on ``url``'s engine (a ``before_cursor_execute`` listener
-    on ``memorix_pg.database.get_engine(url)``), with its parameters kept apart."""
+    """The SQL text the library sends to ``url`` (``memorix_pg.runner.watch_statements``), with
+    its parameters kept apart."""
 
     def __init__(self, url: str) -> None:
-        from memorix_pg.database import get_engine
+        self.url = url
+        self._sent: list[tuple[str, Any]] = []
+        self._watch: Any = None
 
-        self.engine = get_engine(url)
-        self.statements: list[str] = []
-        self.parameters: list[Any] = []
+    @property
+    def statements(self) -> list[str]:
+        return [s for s, _ in self._sent]
 
-    def _record(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        self.statements.append(statement)
-        self.parameters.append(parameters)
+    @property
+    def parameters(self) -> list[Any]:
+        return [p for _, p in self._sent]
 
     def __enter__(self) -> CapturedSQL:
-        from sqlalchemy import event
+        from memorix_pg.runner import watch_statements
 
-        event.listen(self.engine, "before_cursor_execute", self._record)
+        self._watch = watch_statements(self.url)
+        self._sent = self._watch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from sqlalchemy import event
-
-        event.remove(self.engine, "before_cursor_execute", self._record)
+        self._watch.__exit__(*exc)
 
     def containing(self, text: str) -> list[str]:
         """The captured statements whose SQL text contains ``text``."""

@@ -14,10 +14,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
-from sqlalchemy import event
 
 from memorix_pg import MemoryAPI
-from memorix_pg.database import get_engine
+from memorix_pg.runner import watch_statements
 
 
 def with_similarity(v: np.ndarray, similarity: float, seed: int) -> np.ndarray:
@@ -63,18 +62,11 @@ def rows_in_table(url: str, collection_id: int) -> int:
 
 @contextmanager
 def captured_sql(api: MemoryAPI) -> Iterator[list[str]]:
-    """Every statement the library sends through its engine while the block runs."""
-    engine = get_engine(api.database_url)
-    statements: list[str] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", before)
-    try:
+    """Every statement the library sends while the block runs."""
+    with watch_statements(api.database_url) as sent:
+        statements: list[str] = []
         yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
+        statements.extend(s for s, _ in sent)
 
 
 def dml(statements: list[str]) -> list[str]:

@@ -1,0 +1,50 @@
+"""``list``: paging through a collection in a stable order, with embeddings when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memorix_pg import InvalidInput
+from tests.support.helpers import unit_vectors
+
+
+def test_cursor_paging_visits_every_memory_once_in_order(make_api) -> None:
+    api = make_api("paging", embedder="hash-16")
+    vectors = unit_vectors(250, dim=16, seed=9)
+    ids = api.store_batch([f"m{i}" for i in range(250)], [{"i": i} for i in range(250)], embeddings=vectors)
+    for order, expected in (("oldest", ids), ("newest", ids[::-1])):
+        seen, cursor = [], None
+        while True:
+            page = api.list(limit=64, cursor=cursor, order=order)
+            seen += [m.id for m in page]
+            if len(page) < 64:
+                break
+            cursor = page[-1].id
+        assert seen == expected
+    assert [m.id for m in api.list({"i": {"$lt": 10}}, limit=3, offset=2, order="oldest")] == ids[2:5]
+
+
+def test_include_embeddings_returns_the_stored_vectors(make_api) -> None:
+    api = make_api("with_vectors", embedder="hash-16")
+    vectors = unit_vectors(5, dim=16, seed=2)
+    ids = api.store_batch([f"v{i}" for i in range(5)], embeddings=vectors)
+    listed = api.list(order="oldest", include_embeddings=True)
+    assert [m.id for m in listed] == ids
+    np.testing.assert_allclose(np.stack([m.embedding for m in listed]), vectors, rtol=1e-6)
+    assert all(m.embedding is None for m in api.list())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"order": "random"}, "order"),
+        ({"limit": 0}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"cursor": "x"}, "cursor"),
+    ],
+)
+def test_bad_paging_arguments_are_named(make_api, kwargs, fragment) -> None:
+    api = make_api("bad_paging")
+    with pytest.raises(InvalidInput, match=fragment):
+        api.list(**kwargs)
