@@ -202,7 +202,13 @@ class Core:
 
         def make() -> Operation[Any]:
             yield from self.opened()
-            return (yield from body(self.scope))
+            try:
+                return (yield from body(self.scope))
+            except GeneratorExit:
+                # Abandoned mid-way (a dead connection, a cancelled task): a deferred load may have
+                # left the index dropped, so the next call opens the collection again and repairs it.
+                self.info = None
+                raise
 
         return Call(make, idempotent=idempotent)
 

@@ -74,7 +74,7 @@ from .connections import SESSION_SETTINGS
 from .models import SCHEMA, memories
 from .query_vector import QueryVector
 from .scope import Scope
-from .statements import Filter, cached
+from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute
 from .vector_index import QUERY_VECTOR, CollectionInfo, collection_predicate, distance_expression, index_name
 
@@ -270,10 +270,12 @@ def _probe(scope: Scope, planner: Planner, where: sa.ColumnElement[bool], f: Fil
     return _Probe(int(sampled), int(hits), 2.0**-bits, float(reltuples_result.rows[0][0] or 0))
 
 
-def _settings(ef: int | None) -> tuple[tuple[str, str], ...]:
+def _settings(ef: int | None, iterative: bool = True) -> tuple[tuple[str, str], ...]:
     planner_costs = PLANNER_COSTS
     if ef is None:
         return planner_costs
+    if not iterative:
+        return (("hnsw.ef_search", str(ef)), ("hnsw.iterative_scan", "off"), *planner_costs)
     return (
         ("hnsw.ef_search", str(ef)),
         ("hnsw.iterative_scan", "relaxed_order"),
@@ -306,6 +308,19 @@ def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.
     return _with_columns(nearest, nearest.c.total)
 
 
+def _direct_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """An unfiltered search: the walk's first k rows are the answer (strict order; only TTL
+    can drop a row, and a short result falls back to the exact scan). No over-fetch, no
+    second sort, no join: measured at 100k, the filtered form cost ~0.4 ms more."""
+    distance = distance_expression(info, None)
+    return (
+        sa.select(*_RESULT_COLUMNS, distance.label("distance"))
+        .where(where)
+        .order_by(distance)
+        .limit(sa.bindparam("k"))
+    )
+
+
 def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     walk = (
@@ -322,6 +337,7 @@ def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.S
 
 
 Rows = list[tuple[Any, ...]]
+_UNFILTERED = compile_where(None)
 
 
 def _exact(
@@ -386,17 +402,20 @@ def search(
         return rows, plan("exact", why, counted, None)
 
     ef = p.ef(k, ef_search)
-    walk = cached(
-        ("hnsw", scope.key),
-        lambda _: _hnsw_statement(info, where),
-        f,
-        {
-            **params,
-            "fetch": HNSW_OVERFETCH * k,
-        },
-    )
-    rows = (yield from execute(walk, final=True, settings=_settings(ef)))[0].rows
-    reason = ("forced by exact=False" if exact is False else facts) + f": HNSW iterative scan, ef_search {ef}"
+    if f.shape == _UNFILTERED.shape:
+        walk = cached(("direct", scope.key), lambda _: _direct_statement(info, where), f, params)
+        rows = (yield from execute(walk, final=True, settings=_settings(ef, iterative=False)))[0].rows
+        how = "HNSW scan"
+    else:
+        walk = cached(
+            ("hnsw", scope.key),
+            lambda _: _hnsw_statement(info, where),
+            f,
+            {**params, "fetch": HNSW_OVERFETCH * k},
+        )
+        rows = (yield from execute(walk, final=True, settings=_settings(ef)))[0].rows
+        how = "HNSW iterative scan"
+    reason = ("forced by exact=False" if exact is False else facts) + f": {how}, ef_search {ef}"
     if len(rows) >= k:
         return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef)
     # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact

@@ -33,10 +33,12 @@ from .vector_index import deferred, embedding_column_name
 __all__ = ["DEFER_INDEX_MIN_ROWS", "NewMemories", "delete", "delete_where", "rotate", "store", "update"]
 
 # A load of at least this many rows into a collection smaller than the load drops the
-# collection's HNSW index and builds it once at the end.
-DEFER_INDEX_MIN_ROWS = 5_000
-# Texts embedded per chunk of an overlapped load (a few model batches: the thread hand-off
-# costs little against ~3 s of embedding).
+# collection's HNSW index and builds it once at the end: a parallel build costs ~0.2 ms a row,
+# inserting into a live graph ~1.6 ms (measured: 3,000 texts ingested at 0.53x the embedder's
+# own rate with the index live).
+DEFER_INDEX_MIN_ROWS = 1_000
+# Texts embedded per chunk of an overlapped load (a few model batches). The first chunk is
+# embedded before anything can be written; each chunk is one COPY.
 OVERLAP_CHUNK = 1024
 
 _ALL = compile_where(None)
