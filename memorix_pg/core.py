@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from . import lifecycle, reads, writes
 from .cache import CacheInfo
-from .catalog import check_compatible, open_collection
+from .catalog import open_collection
 from .crypto import Sealer, TextCipher
 from .database import check_pgvector, get_engine, resolve_database
 from .embedders import Embedder, resolve_embedder
@@ -426,10 +426,10 @@ class Core:
 
         def body(scope: Scope) -> Operation[int]:
             info = scope.info
+            # Created with this collection's embedder and options when absent; checked when present.
             target = yield from open_collection(
                 target_name, self.embedding.name, self.embedding.dim, info.distance, info.precision
             )
-            check_compatible(target, self.embedding.name, self.embedding.dim)
             return (
                 yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target), f, target)
             )
