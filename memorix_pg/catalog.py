@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,17 +35,6 @@ PRECISIONS = ("full", "half")
 logger = logging.getLogger("memorix_pg")
 
 
-def _info(row: Any) -> CollectionInfo:
-    return CollectionInfo(
-        id=row.id,
-        name=row.name,
-        embedder=row.embedder,
-        dimension=row.dimension,
-        distance=row.distance,
-        precision=row.precision,
-    )
-
-
 _COLUMNS = (
     collections.c.id,
     collections.c.name,
@@ -56,7 +46,7 @@ _COLUMNS = (
 
 
 def list_collections(conn: Connection) -> list[CollectionInfo]:
-    return [_info(row) for row in conn.execute(sa.select(*_COLUMNS).order_by(collections.c.name))]
+    return [_info_from(row) for row in conn.execute(sa.select(*_COLUMNS).order_by(collections.c.name))]
 
 
 def check_compatible(info: CollectionInfo, embedder_name: str, dimension: int) -> None:
@@ -162,5 +152,6 @@ def open_collection(
     return info
 
 
-def _info_from(row: tuple[Any, ...]) -> CollectionInfo:
+def _info_from(row: Sequence[Any]) -> CollectionInfo:
+    """A row of ``_COLUMNS`` (from either driver path) as the collection's description."""
     return CollectionInfo(*row)

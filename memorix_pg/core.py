@@ -47,6 +47,7 @@ from .vector_index import (
     CollectionInfo,
     create_expression_index,
     metadata_index_name,
+    read_vector,
     repair,
     score_from_distance,
 )
@@ -229,7 +230,7 @@ class Core:
             score=score,
             created_at=row[3],
             collection=self.collection_name,
-            embedding=_as_array(embedding) if embedding is not None else None,
+            embedding=read_vector(embedding) if embedding is not None else None,
             expires_at=expires_at,
         )
 
@@ -522,12 +523,6 @@ class Core:
             return rewritten
 
         return self._call(body)
-
-
-def _as_array(value: Any) -> npt.NDArray[np.float32]:
-    """A vector read back (pgvector's ``Vector``) as a float32 array."""
-    array = value.to_numpy() if hasattr(value, "to_numpy") else value
-    return np.asarray(array, dtype=np.float32)
 
 
 def _nothing() -> Operation[list[str]]:

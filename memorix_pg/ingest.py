@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pgvector import HalfVector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidInput
 from .models import SCHEMA
 from .steps import Copy, Operation, Query, execute, fetch_all, fetch_one
-from .vector_index import CollectionInfo, embedding_column_name
+from .vector_index import CollectionInfo, embedding_column_name, vector_value
 
 __all__ = ["COPY_MIN_ROWS", "MemoryRows", "write_memories"]
 
@@ -97,9 +96,7 @@ def _insert_sql(info: CollectionInfo) -> bytes:
 
 
 def _vector_values(info: CollectionInfo, vectors: npt.NDArray[np.float32]) -> list[Any]:
-    if info.precision == "half":
-        return [HalfVector(v) for v in vectors]
-    return list(vectors)
+    return [vector_value(info, v) for v in vectors]
 
 
 def _insert(
@@ -124,11 +121,10 @@ def _copy_records(
     info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, tenant: str | None
 ) -> Iterator[tuple[Any, ...]]:
     assert rows.created_at is not None
-    half = info.precision == "half"
     for row_id, text, vector, meta, digest, created_at in zip(
         rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, rows.created_at, strict=True
     ):
-        value = HalfVector(vector) if half else vector
+        value = vector_value(info, vector)
         yield (row_id, info.id, text, value, Jsonb(meta), digest, expires_at, tenant, created_at)
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
+from pgvector import HalfVector
 from pgvector.sqlalchemy import HALFVEC, Vector
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -107,6 +108,16 @@ def stored_vectors(info: CollectionInfo, table: sa.FromClause = memories) -> Col
     """The collection's vectors read back as ``vector`` (numpy arrays), whatever their precision."""
     column = stored_embedding(info, table)
     return cast(column, Vector()) if info.precision == "half" else column
+
+
+def vector_value(info: CollectionInfo, vector: npt.NDArray[np.float32]) -> Any:
+    """What to bind for the collection's vector column: a ``HalfVector`` for half precision."""
+    return HalfVector(vector) if info.precision == "half" else vector
+
+
+def read_vector(value: Any) -> npt.NDArray[np.float32]:
+    """A vector read back (pgvector's ``Vector``, or an array) as float32."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
 
 def index_name(info: CollectionInfo) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .crypto import Sealer
 from .embedding import Embedding
@@ -28,7 +29,7 @@ from .scope import Scope
 from .search import Planner
 from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute, fetch_one, offload
-from .vector_index import deferred, embedding_column_name
+from .vector_index import deferred, embedding_column_name, vector_value
 
 __all__ = ["DEFER_INDEX_MIN_ROWS", "NewMemories", "delete", "delete_where", "rotate", "store", "update"]
 
@@ -192,8 +193,6 @@ def update(
 ) -> Operation[tuple[Any, ...] | None]:
     """Merge ``kept`` into the metadata, drop the ``removed`` keys and, with ``text`` (sealed
     text, vector, hash), replace the text and its embedding. The updated row, or None."""
-    from psycopg.types.json import Jsonb
-
     merged = memories.c.metadata.op("||")(sa.bindparam("patch", type_=memories.c.metadata.type))
     values: dict[str, Any] = {
         "metadata": merged.op("-")(sa.bindparam("removed", type_=sa.ARRAY(sa.Text))) if removed else merged,
@@ -207,9 +206,7 @@ def update(
             **{embedding_column_name(scope.info): sa.bindparam("vector")},
             content_hash=sa.bindparam("hash"),
         )
-        params.update(
-            new_text=sealed, vector=vector if scope.info.precision != "half" else _half(vector), hash=digest
-        )
+        params.update(new_text=sealed, vector=vector_value(scope.info, vector), hash=digest)
     query = cached(
         ("update", scope.key, bool(removed), text is not None),
         lambda _: (
@@ -222,12 +219,6 @@ def update(
         params,
     )
     return (yield from fetch_one(query, final=True))
-
-
-def _half(vector: npt.NDArray[np.float32]) -> Any:
-    from pgvector import HalfVector
-
-    return HalfVector(vector)
 
 
 def delete(scope: Scope, planner: Planner, row_id: uuid.UUID) -> Operation[bool]:
@@ -260,8 +251,6 @@ def delete_where(
 def rotate(scope: Scope, old: Sealer, new: Sealer, batch: int) -> Operation[int]:
     """Re-encrypt the scope's memories from ``old`` to ``new`` (and recompute their dedup hashes)
     in one transaction, ``batch`` rows per UPDATE."""
-    from psycopg.types.json import Jsonb
-
     select = cached(
         ("rotate rows", scope.key),
         lambda _: (

@@ -20,7 +20,7 @@ from ..search import Planner
 from ..statements import Filter, adhoc, cached
 from ..steps import Operation, Query, execute, fetch_all, offload
 from ..validation import check_text, clean_metadata
-from ..vector_index import stored_vectors
+from ..vector_index import read_vector, stored_vectors
 from .summary import CompressionReport, Summarizer, extractive_summary, shared_metadata, window_query
 
 __all__ = ["compress"]
@@ -60,12 +60,7 @@ def _summarize(
     texts: list[str], rows: list[tuple[Any, ...]], summarizer: Summarizer | None, max_chars: int
 ) -> str:
     if summarizer is None:
-        vectors = np.stack(
-            [
-                np.asarray(r[3].to_numpy() if hasattr(r[3], "to_numpy") else r[3], dtype=np.float32)
-                for r in rows
-            ]
-        )
+        vectors = np.stack([read_vector(r[3]) for r in rows])
         return extractive_summary(texts, vectors, max_chars)
     return summarizer(texts)
 
