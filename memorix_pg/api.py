@@ -21,6 +21,7 @@ from .embedders import Embedder
 from .errors import MemorixError
 from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
+from .recall import RecallReport
 from .runner import SyncRunner
 from .search import SearchPlan
 from .steps import Call
@@ -260,6 +261,18 @@ class MemoryAPI:
     ) -> SearchPlan:
         """Which search path ``retrieve`` takes for these arguments, and why."""
         return self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search))[1]
+
+    def check_recall(
+        self,
+        queries: int = 100,
+        top_k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        target: float = 0.99,
+    ) -> RecallReport:
+        """Measure this collection's search recall on its own data: ``queries`` stored vectors as
+        queries, against exact search; reports the worst queries and a suggested ``ef_search``."""
+        return self._run(self._core.check_recall(queries, top_k, filter, target))
 
     # -- lifecycle ------------------------------------------------------------------------
 

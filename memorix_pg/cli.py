@@ -6,6 +6,7 @@ into a one-line message and exit status 1 (no traceback for a user's mistake).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -316,6 +317,43 @@ def stats(group_by: str, database_url: str | None, collection: str, embedder: st
     click.echo(f"{group_by:<{width}}  count")
     for key, count in result["groups"].items():
         click.echo(f"{key!s:<{width}}  {count}")
+
+
+@main.command("check-recall")
+@click.option("--queries", default=100, show_default=True, help="Stored memories used as queries.")
+@click.option("--top-k", default=10, show_default=True, help="k of recall@k.")
+@click.option("--filter", "filter_json", default=None, help="Only memories matching this JSON filter.")
+@click.option("--target", default=0.99, show_default=True, help="Recall the suggested ef_search must reach.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def check_recall(
+    queries: int,
+    top_k: int,
+    filter_json: str | None,
+    target: float,
+    as_json: bool,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Measure a collection's search recall against exact search, on its own data.
+
+    Stored vectors serve as queries; prints recall@k of searches as planned, the HNSW walk's
+    recall by ef_search, the worst queries and a suggested ef_search.
+
+    \b
+    Example:
+      memorix-pg check-recall --collection knowledge --queries 200
+    """
+    api = _api(database_url, collection, embedder)
+    report = api.check_recall(queries, top_k, _json_option(filter_json, "--filter"), target=target)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report)))
+    else:
+        click.echo(str(report))
 
 
 def _duration(text: str) -> timedelta:

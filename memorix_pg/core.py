@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import lifecycle, reads, writes
+from . import lifecycle, reads, recall, writes
 from .cache import CacheInfo
 from .catalog import open_collection
 from .crypto import Sealer, TextCipher
@@ -58,6 +58,8 @@ T = TypeVar("T")
 
 VECTOR_STORES = ("pgvector", "postgres", "postgresql")
 MAX_TOP_K = 2**31 - 1  # LIMIT takes a bigint; nothing sensible asks for more than int4
+MAX_RECALL_QUERIES = 10_000  # check_recall runs an exact scan per query
+MAX_RECALL_TOP_K = 1000  # pgvector's largest ef_search: a walk returns no more
 
 _prepared: set[str] = set()
 _prepared_lock = threading.Lock()
@@ -196,7 +198,7 @@ class Core:
     @property
     def planner(self) -> Planner:
         assert self.info is not None
-        return planner_for(self.url, self.info)
+        return planner_for(self.url, self.info.id)
 
     def _call(self, body: Any, idempotent: bool = False) -> Call[Any]:
         """``body(scope)`` after the collection is open."""
@@ -402,6 +404,19 @@ class Core:
 
         return self._call(body, idempotent=True)
 
+    def check_recall(
+        self, queries: int, top_k: int, filter: Mapping[str, Any] | None, target: float
+    ) -> Call[recall.RecallReport]:
+        _check_int(queries, "queries", 1, MAX_RECALL_QUERIES)
+        _check_int(top_k, "top_k", 1, MAX_RECALL_TOP_K)
+        if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+            raise InvalidInput(f"target must be a number in (0, 1], got {target!r}")
+        f = self._where(filter)
+        return self._call(
+            lambda scope: recall.check_recall(scope, self.planner, f, queries, top_k, float(target)),
+            idempotent=True,
+        )
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
@@ -432,7 +447,7 @@ class Core:
                 target_name, self.embedding.name, self.embedding.dim, info.distance, info.precision
             )
             return (
-                yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target), f, target)
+                yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target.id), f, target)
             )
 
         return self._call(body)

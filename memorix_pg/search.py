@@ -76,6 +76,17 @@ from .query_vector import QueryVector
 from .scope import Scope
 from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute
+from .traps import (
+    TOLERANCE,
+    Sample,
+    candidates_statement,
+    decode_sample,
+    nearer_rows,
+    nearest_rows,
+    sample_bits,
+    sample_statement,
+)
+from .traps import window as sample_window
 from .vector_index import QUERY_VECTOR, CollectionInfo, collection_predicate, distance_expression, index_name
 
 __all__ = [
@@ -107,6 +118,9 @@ MAX_SCAN_TUPLES = 20_000  # pgvector's default, set so a server-wide change cann
 ESTIMATE_SECONDS = 30.0  # an estimate is reused this long (other processes' writes are unseen) ...
 ESTIMATE_CHANGE = 0.1  # ... unless this process changed more than this share of the rows since
 ESTIMATES_MAX = 1024
+EF_TRAPPED = 400  # a trapped walk is walked again with at least this ef_search (see traps.py)
+CANDIDATES_MAX = 32  # sampled rows confirmed against the table per walk, at most
+SAMPLES_MAX = 16  # tenants whose samples a collection's planner keeps
 # Planner costs for the transaction. The exact scan's rows are read by random access to pages
 # that are normally cached, and PostgreSQL underprices a GIN scan of a frequent key (a 50% key's
 # 50k entries: ~5 ms, priced like 0.1 ms of btree). With the defaults (4, 0.005) it ANDs such
@@ -135,6 +149,7 @@ class SearchPlan:
     matches_estimated: int | None = None
     selectivity: float | None = None
     sample_rows: int | None = None
+    trapped: bool = False  # the walk missed sampled rows nearer than its results (traps.py)
 
 
 @dataclass(frozen=True)
@@ -191,7 +206,21 @@ class Planner:
     rows: float = 0.0  # the collection's size when the estimates were made
     changed: int = 0  # rows this process wrote or deleted since
     estimates: OrderedDict[Hashable, tuple[float, _Probe]] = field(default_factory=OrderedDict)
+    samples: OrderedDict[str | None, Sample] = field(default_factory=OrderedDict)  # by tenant
+    check_traps: bool = True  # the trap check of traps.py (off only to measure it)
+    traps_found: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sample(self, tenant: str | None) -> Sample | None:
+        with self.lock:
+            return self.samples.get(tenant)
+
+    def keep_sample(self, tenant: str | None, sample: Sample) -> Sample:
+        with self.lock:
+            self.samples[tenant] = sample
+            if len(self.samples) > SAMPLES_MAX:
+                self.samples.popitem(last=False)
+            return sample
 
     def changed_rows(self, n: int) -> None:
         """Writes changed ``n`` rows: past ESTIMATE_CHANGE of the collection, estimate again."""
@@ -199,6 +228,7 @@ class Planner:
             self.changed += n
             if self.changed > ESTIMATE_CHANGE * max(self.rows, SAMPLE_ROWS):
                 self.estimates.clear()
+                self.samples.clear()
                 self.changed = 0
 
     def estimate(self, key: Hashable) -> _Probe | None:
@@ -229,10 +259,10 @@ _planners: dict[tuple[str, int], Planner] = {}
 _planners_lock = threading.Lock()
 
 
-def planner_for(database: str, info: CollectionInfo) -> Planner:
+def planner_for(database: str, collection_id: int) -> Planner:
     """The shared planner state of a collection (one per database and collection in a process)."""
     with _planners_lock:
-        return _planners.setdefault((database, info.id), Planner())
+        return _planners.setdefault((database, collection_id), Planner())
 
 
 # -- the statements ---------------------------------------------------------------------------
@@ -363,13 +393,14 @@ def search(
     *,
     exact: bool | None = None,
     ef_search: int | None = None,
+    check_traps: bool = True,
 ) -> Operation[tuple[Rows, SearchPlan]]:
     """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
     (id, text, metadata, created_at, distance), and the plan used.
 
     ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
     exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
-    (clamped to k..1000).
+    (clamped to k..1000). ``check_traps=False`` returns the walk's answer unchecked (to measure it).
     """
     info = scope.info
     where = scope.live(f)
@@ -390,8 +421,8 @@ def search(
         f"({p.selectivity:.2%}, sampled {p.sampled} rows)"
     )
 
-    def plan(path: str, reason: str, counted: int | None, ef: int | None) -> SearchPlan:
-        return SearchPlan(path, reason, counted, ef, p.estimated, p.selectivity, p.sampled)
+    def plan(path: str, why: str, counted: int | None, ef: int | None, trapped: bool = False) -> SearchPlan:
+        return SearchPlan(path, why, counted, ef, p.estimated, p.selectivity, p.sampled, trapped)
 
     if exact is None and p.use_exact:
         rows, counted = yield from _exact(scope, f, where, params, _settings(None))
@@ -402,20 +433,62 @@ def search(
         return rows, plan("exact", why, counted, None)
 
     ef = p.ef(k, ef_search)
-    if f.shape == _UNFILTERED.shape:
-        walk = cached(("direct", scope.key), lambda _: _direct_statement(info, where), f, params)
-        rows = (yield from execute(walk, final=True, settings=_settings(ef, iterative=False)))[0].rows
-        how = "HNSW scan"
-    else:
-        walk = cached(
-            ("hnsw", scope.key),
-            lambda _: _hnsw_statement(info, where),
-            f,
-            {**params, "fetch": HNSW_OVERFETCH * k},
+    unfiltered = f.shape == _UNFILTERED.shape
+    walk = _walk_query(scope, f, where, params, unfiltered, k)
+    sample_key = scope.tenant
+    checking = check_traps and planner.check_traps
+    sample = planner.sample(sample_key) if checking else None
+    extra: list[Query] = []
+    if checking and sample is None:
+        bits = sample_bits(p.graph)
+        extra.append(
+            cached(
+                ("sample", scope.key, bits),
+                lambda _: sample_statement(info, bits, scope.live()),
+                _UNFILTERED,
+                {**scope.params, **sample_window(bits)},
+            )
         )
-        rows = (yield from execute(walk, final=True, settings=_settings(ef)))[0].rows
-        how = "HNSW iterative scan"
+    # A filtered walk: which of the sampled rows nearest to the query match the filter is asked in
+    # the same round trip (the sample alone cannot tell which rows match).
+    candidates: list[Any] = []
+    if sample is not None and not unfiltered:
+        candidates = nearest_rows(sample, query, _candidates_for(k, p, len(sample.ids)))
+        if candidates:
+            extra.append(_candidates_query(scope, f, where, params, candidates))
+    results = yield from execute(walk, *extra, final=True, settings=_settings(ef, iterative=not unfiltered))
+    rows = results[0].rows
+    if checking and sample is None:
+        sample = planner.keep_sample(sample_key, decode_sample(results[1].rows[0], info))
+    how = "HNSW scan" if unfiltered else "HNSW iterative scan"
     reason = ("forced by exact=False" if exact is False else facts) + f": {how}, ef_search {ef}"
+    confirmed = results[-1].rows if candidates else []
+    missed = _missed(sample if unfiltered else None, query, rows, k, confirmed)
+    if missed:
+        # Trapped: rows nearer than the k-th result were not returned. A wider walk first (it
+        # escapes every trap measured so far), checked again; the exact scan if it is trapped too.
+        # An unfiltered walk's candidates come from the sample alone (rows deleted since it was
+        # read are false alarms): they are confirmed in the same round trip as the wider walk.
+        planner.traps_found += 1
+        wider = max(EF_TRAPPED, min(EF_MAX, 4 * ef))
+        again = yield from execute(
+            walk,
+            *([_candidates_query(scope, f, where, params, missed)] if unfiltered else []),
+            final=True,
+            settings=_settings(wider, iterative=not unfiltered),
+        )
+        rows = again[0].rows
+        reason += f", trapped ({len(missed)} rows nearer than its {k}th result missed): ef_search {wider}"
+        ef = wider
+        if unfiltered:
+            gone = set(missed) - {row[0] for row in again[1].rows}
+            still = [m for m in _missed(sample, query, rows, k, []) if m not in gone]
+        else:
+            still = _missed(None, query, rows, k, confirmed)
+        if len(rows) >= k and not still:
+            return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef, trapped=True)
+        fallback, counted = yield from _exact(scope, f, where, params, _settings(None))
+        return fallback, plan("exact", f"{reason}, trapped again: exact scan", counted, ef, trapped=True)
     if len(rows) >= k:
         return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef)
     # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact
@@ -426,3 +499,47 @@ def search(
             "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, ef
         )
     return rows, plan("hnsw", reason, counted, ef)
+
+
+def _walk_query(
+    scope: Scope, f: Filter, where: sa.ColumnElement[bool], params: dict[str, Any], unfiltered: bool, k: int
+) -> Query:
+    info = scope.info
+    if unfiltered:
+        return cached(("direct", scope.key), lambda _: _direct_statement(info, where), f, params)
+    fetch = {**params, "fetch": HNSW_OVERFETCH * k}
+    return cached(("hnsw", scope.key), lambda _: _hnsw_statement(info, where), f, fetch)
+
+
+def _candidates_query(
+    scope: Scope, f: Filter, where: sa.ColumnElement[bool], params: dict[str, Any], ids: list[Any]
+) -> Query:
+    info = scope.info
+    return cached(
+        ("candidates", scope.key),
+        lambda _: candidates_statement(where, distance_expression(info, None)),
+        f,
+        {**params, "candidates": ids},
+    )
+
+
+def _candidates_for(k: int, p: _Probe, sampled: int) -> int:
+    """How many of the sampled rows nearest to the query to confirm for a filtered walk: twice
+    the rank the walk's k-th match should have in the sample, plus two, at most 32."""
+    rank = k * sampled / max(p.estimated, 1)
+    return min(CANDIDATES_MAX, math.ceil(2 * rank) + 2)
+
+
+def _missed(
+    sample: Sample | None, query: npt.NDArray[np.float32], rows: Rows, k: int, confirmed: Rows
+) -> list[Any]:
+    """Rows a correct walk would have returned: with a ``sample`` (an unfiltered walk), sampled
+    rows nearer than its k-th result; else ``confirmed`` matches (id, distance) nearer than that."""
+    if len(rows) < k:
+        return []  # short: the exact scan follows anyway
+    kth = float(rows[k - 1][4])
+    returned = {r[0] for r in rows}
+    if sample is not None:
+        return nearer_rows(sample, query, kth, returned, CANDIDATES_MAX)
+    bound = kth - TOLERANCE * max(1.0, abs(kth))
+    return [row_id for row_id, distance in confirmed if distance < bound and row_id not in returned]
