@@ -24,7 +24,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from memorix_pg import MemoryAPI
 from memorix_pg.cli import main
 from memorix_pg.integrations.mcp import TOOLS, build_server, check_host
-from tests.support.helpers import REPO_ROOT, db_fingerprint, wait_for
+from tests.support.helpers import REPO_ROOT, db_fingerprint, nested, wait_for
 
 README = (REPO_ROOT / "README.md").read_text()
 
@@ -207,30 +207,38 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str, str | None]] = [
     ("remember", {"text": 5}, "text", "valid string"),
     ("remember", {"text": ""}, "text", "empty"),
     ("remember", {"text": "a\x00b"}, "text", "NUL byte"),
+    ("remember", {"text": "\ud800"}, "text", "lone surrogate"),
     ("remember", {"text": "a", "metadata": ["x"]}, "metadata", None),
     ("remember", {"text": "a", "metadata": {"k": "a\x00"}}, "metadata", "NUL byte"),
+    ("remember", {"text": "a", "metadata": nested(40)}, "metadata", "deeper than 32"),
     ("remember", {"text": "a", "id": "not-a-uuid"}, "id", "not a UUID"),
     ("remember", {"text": "a", "ttl": 0}, "ttl", "greater than 0"),
     ("remember", {"text": "a", "ttl": "soon"}, "ttl", None),
     ("remember", {"text": "a", "ttl": 10**12}, "ttl", "less than or equal"),
     ("remember", {"text": "a", "collection": ""}, "collection", "non-empty"),
+    ("remember", {"text": "a", "collection": "x" * 600}, "collection", "the limit is 512"),
     ("remember", {"text": "a", "colour": "red"}, "colour", "Unexpected keyword argument"),
     ("recall", {"query": "x", "top_k": 0}, "top_k", "greater than or equal to 1"),
     ("recall", {"query": "x", "top_k": 101}, "top_k", "less than or equal to 100"),
     ("recall", {"query": "x", "top_k": True}, "top_k", "valid integer"),
     ("recall", {"query": "x", "top_k": "3"}, "top_k", "valid integer"),
     ("recall", {"query": 3}, "query", "valid string"),
+    ("recall", {"query": "\ud800"}, "query", "lone surrogate"),
+    ("recall", {"query": "x", "top_k": 10**30}, "top_k", "less than or equal to 100"),
     ("recall", {"query": "x", "filter": {"a": {"$foo": 1}}}, "filter", "unknown operator '$foo'"),
     ("recall", {"query": "x", "filter": {"$or": []}}, "filter", None),
+    ("recall", {"query": "x", "filter": {"k": {"$regex": "("}}}, "filter", "regular expression"),
     ("recall", {"query": "x", "filter": "type=pref"}, "filter", None),
     ("forget", {}, "id", "exactly one of id and filter"),
     ("forget", {"id": UNKNOWN_ID, "filter": {"a": 1}}, "id", "exactly one of id and filter"),
     ("forget", {"id": UNKNOWN_ID}, "id", f"no memory with id {UNKNOWN_ID}"),
     ("forget", {"id": "nope"}, "id", "not a UUID"),
+    ("forget", {"id": "'; DROP TABLE memorix.memories; --"}, "id", "not a UUID"),
     ("forget", {"filter": {}}, "filter", "whole collection"),
     ("forget", {"filter": {"a": {"$bad": 1}}}, "filter", "unknown operator"),
     ("stats", {"group_by": ""}, "group_by", None),
     ("stats", {"group_by": 7}, "group_by", "valid string"),
+    ("stats", {"group_by": "\ud800"}, "group_by", "lone surrogate"),
 ]
 
 

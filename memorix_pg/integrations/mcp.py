@@ -93,7 +93,8 @@ class BadArgument(MemorixError, ValueError):
 
     def __init__(self, argument: str, message: str) -> None:
         # Always "argument: ...", whatever the message says, so a client can tell which one.
-        super().__init__(f"{argument}: {message}")
+        prefix = f"{argument}: "
+        super().__init__(message if message.startswith(prefix) else prefix + message)
         self.argument = argument
 
 
@@ -343,12 +344,13 @@ def server_for(tools: MemoryTools) -> "FastMCP[Any]":
         SERVER_NAME,
         instructions=INSTRUCTIONS,
         middleware=[ArgumentErrors()],
-        # "5" is not an int and true is not 1: a client that sends them has a bug worth seeing.
-        strict_input_validation=True,
         # Details of unexpected errors stay in the server's log; the client sees the tool's name.
         mask_error_details=True,
     )
 
+    # Numbers are strict: "5" is not an int and true is not 1, a client that sends them has a bug
+    # worth seeing. (Not the server-wide strict mode: it re-encodes the arguments as JSON first,
+    # which fails on a lone surrogate before the text's own check can name the argument.)
     Collection = Annotated[
         str | None,
         Field(description=f"Collection to use (default: the server's, {collection!r})."),
@@ -375,7 +377,12 @@ def server_for(tools: MemoryTools) -> "FastMCP[Any]":
         ] = None,
         ttl: Annotated[
             float | None,
-            Field(description="Seconds until the memory expires (default: never).", gt=0, le=MAX_TTL_SECONDS),
+            Field(
+                description="Seconds until the memory expires (default: never).",
+                gt=0,
+                le=MAX_TTL_SECONDS,
+                strict=True,
+            ),
         ] = None,
         collection: Collection = None,
     ) -> str:
@@ -391,7 +398,9 @@ def server_for(tools: MemoryTools) -> "FastMCP[Any]":
             str, Field(description="What to look for; an empty query returns the newest memories.")
         ],
         filter: Filter = None,
-        top_k: Annotated[int, Field(description="How many memories at most.", ge=1, le=MAX_TOP_K)] = 5,
+        top_k: Annotated[
+            int, Field(description="How many memories at most.", ge=1, le=MAX_TOP_K, strict=True)
+        ] = 5,
         collection: Collection = None,
     ) -> list[dict[str, Any]]:
         """The memories most similar to the query (best first), with id, text, metadata, score
