@@ -584,5 +584,77 @@ def rotate_key(
     click.echo(f"rewrote {count} memories of {collection!r} under {'no key' if decrypt else 'the new key'}")
 
 
+@main.command()
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    help="stdio: the client starts this command; http: streamable HTTP at http://HOST:PORT/mcp.",
+)
+@click.option(
+    "--host",
+    default=None,
+    help="Address to listen on with --transport http (default 127.0.0.1). Only loopback "
+    "addresses are accepted unless --allow-remote is given.",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port for --transport http (default 8765)."
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Accept a --host that is not loopback. The server has no authentication: whoever reaches "
+    "it can read and delete memories, so put an authenticating proxy in front.",
+)
+@click.option("--tenant", default=None, help="Tenant every tool reads and writes as.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def mcp(
+    transport: str,
+    host: str | None,
+    port: int | None,
+    allow_remote: bool,
+    tenant: str | None,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Serve memory tools to MCP clients: remember, recall, forget, list_collections, stats.
+
+    The tools use --collection unless a call names another; only remember creates a collection.
+    Over HTTP it listens on loopback addresses only, since it has no authentication.
+
+    \b
+    Needs the mcp extra:
+      pip install 'memorix-pg[mcp]'
+
+    \b
+    Example:
+      memorix-pg mcp --collection notes
+      memorix-pg mcp --transport http --host 127.0.0.1 --port 8765
+    """
+    from .integrations.mcp import DEFAULT_HOST, DEFAULT_PORT, require_fastmcp, serve
+
+    if transport == "stdio" and (host is not None or port is not None or allow_remote):
+        raise click.UsageError("--host, --port and --allow-remote apply to --transport http only")
+    try:
+        require_fastmcp()
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    serve(
+        "http" if transport == "http" else "stdio",
+        host=host or DEFAULT_HOST,
+        port=port or DEFAULT_PORT,
+        allow_remote=allow_remote,
+        database_url=database_url,
+        collection=collection,
+        embedder=embedder,
+        tenant=tenant,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
