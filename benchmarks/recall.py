@@ -141,6 +141,14 @@ def truth(shape: Shape) -> np.ndarray:
     return out
 
 
+def _with_graph(definition: str, m: int, ef_construction: int) -> str:
+    """The index's CREATE INDEX with other m / ef_construction (numbers only: safe to splice)."""
+    import re
+
+    with_m = re.sub(r"\bm='?\d+'?", f"m='{m}'", definition)
+    return re.sub(r"ef_construction='?\d+'?", f"ef_construction='{ef_construction}'", with_m)
+
+
 def run_build(api: Any, planner: Any, ids: dict[Any, int], shape: Shape, gt: np.ndarray) -> dict[str, Any]:
     """One index build: every query with the trap check off and on, interleaved."""
     recalls: dict[bool, list[float]] = {False: [], True: []}
@@ -179,6 +187,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 20_000, 100_000])
     parser.add_argument("--builds", type=int, default=5)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument(
+        "--graphs",
+        nargs="+",
+        default=None,
+        metavar="M:EF_CONSTRUCTION",
+        help="build the index with these parameters instead of the library's (e.g. 20:80 32:160)",
+    )
     parser.add_argument("--out", default=None, help="write benchmarks/results/<out>.md and .json")
     args = parser.parse_args()
 
@@ -203,23 +218,33 @@ def main() -> None:
                 planner = planner_for(api.database_url, api.collection_id)
                 index = sql.Identifier("memorix", f"memories_embedding_hnsw_{api.collection_id}")
                 with psycopg.connect(api.database_url, autocommit=True) as conn:
-                    for build in range(args.builds):
-                        started = time.perf_counter()
-                        if build:
-                            conn.execute(sql.SQL("REINDEX INDEX {}").format(index))
-                        built = time.perf_counter() - started
-                        result = run_build(api, planner, ids, shape, gt)
-                        row = {"shape": name, "n": n, "build": build + 1, "reindex s": built, **result}
-                        rows.append(row)
-                        off, on = result["walk only"], result["trap check"]
-                        print(
-                            f"{name:8} {n:>7} build {build + 1}: walk only recall {off['recall']:.4f} "
-                            f"<0.5 {off['below 0.5']:.3f} worst {off['worst']:.1f} p50 {off['p50']:.2f} | "
-                            f"trap check recall {on['recall']:.4f} <0.5 {on['below 0.5']:.3f} "
-                            f"worst {on['worst']:.1f} p50 {on['p50']:.2f} p95 {on['p95']:.2f} "
-                            f"| traps {result['traps found']} (load {load:.0f} s)",
-                            flush=True,
-                        )
+                    definition = conn.execute(
+                        "SELECT pg_get_indexdef(to_regclass(%s))", (f"memorix.{index.as_string(conn)}",)
+                    ).fetchone()[0]
+                    for graph in args.graphs or [None]:
+                        for build in range(args.builds):
+                            started = time.perf_counter()
+                            if graph is not None:
+                                m, efc = graph.split(":")
+                                conn.execute(sql.SQL("DROP INDEX {}").format(index))
+                                conn.execute(_with_graph(definition, int(m), int(efc)))
+                            elif build:
+                                conn.execute(sql.SQL("REINDEX INDEX {}").format(index))
+                            built = time.perf_counter() - started
+                            result = run_build(api, planner, ids, shape, gt)
+                            label = graph or "library"
+                            row = {"shape": name, "n": n, "graph": label, "build": build + 1}
+                            rows.append({**row, "build s": built, **result})
+                            off, on = result["walk only"], result["trap check"]
+                            print(
+                                f"{name:8} {n:>7} {label:>7} build {build + 1} ({built:.1f} s): walk recall "
+                                f"{off['recall']:.4f} <0.5 {off['below 0.5']:.3f} worst {off['worst']:.1f} "
+                                f"p50 {off['p50']:.2f} | checked {on['recall']:.4f} "
+                                f"<0.5 {on['below 0.5']:.3f} worst {on['worst']:.1f} "
+                                f"p50 {on['p50']:.2f} p95 {on['p95']:.2f} "
+                                f"| traps {result['traps found']} (load {load:.0f} s)",
+                                flush=True,
+                            )
                 api.drop() if hasattr(api, "drop") else api.delete_by_filter({})
                 api.close()
     print()
@@ -234,6 +259,8 @@ def summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> ResultTable:
     columns = [
         "shape",
         "rows",
+        "graph (m:ef_c)",
+        "build s",
         "builds",
         "walk recall (worst build)",
         "walk queries < 0.5",
@@ -246,10 +273,10 @@ def summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> ResultTable:
         "p50 cost",
     ]
     table = ResultTable("Trapped queries: recall@10 of unfiltered top-10 searches", columns, meta=meta)
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["shape"], row["n"]), []).append(row)
-    for (shape, n), builds in groups.items():
+        groups.setdefault((row["shape"], row["n"], row["graph"]), []).append(row)
+    for (shape, n, graph), builds in groups.items():
         off = [b["walk only"] for b in builds]
         on = [b["trap check"] for b in builds]
         p50_off = float(np.median([o["p50"] for o in off]))
@@ -258,6 +285,8 @@ def summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> ResultTable:
             [
                 shape,
                 n,
+                graph,
+                f"{np.median([b['build s'] for b in builds if b['build s'] > 0] or [0]):.1f}",
                 len(builds),
                 f"{np.mean([o['recall'] for o in off]):.4f} ({min(o['recall'] for o in off):.4f})",
                 f"{np.mean([o['below 0.5'] for o in off]):.2%}",

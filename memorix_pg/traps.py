@@ -48,7 +48,7 @@ __all__ = [
     "window",
 ]
 
-SAMPLED_VECTORS = 2048  # the sample holds SAMPLED_VECTORS..2*SAMPLED_VECTORS rows (or all rows)
+SAMPLED_VECTORS = 1024  # the sample holds SAMPLED_VECTORS..2*SAMPLED_VECTORS rows (or all rows)
 # Distances computed here and by the server differ in rounding only (float32 sums in another
 # order: ~1e-7 for unit vectors); a sampled row counts as nearer when it is nearer by more than
 # this. Tight clusters put a query's 10th and 11th neighbours ~1e-4 apart in cosine distance.
