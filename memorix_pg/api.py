@@ -222,9 +222,11 @@ class MemoryAPI:
         include_embeddings: bool = False,
     ) -> builtins.list[Memory]:
         """Page through the collection in a stable order (``"newest"`` or ``"oldest"`` first, by
-        creation time then id). ``cursor`` is the id of the last memory of the previous page
-        (keyset paging: no row is skipped or repeated while others are written); ``offset``
-        skips rows. ``include_embeddings=True`` fills ``Memory.embedding``."""
+        creation time then id; ``"updated"``: last replaced or updated first, by ``updated_at``
+        then id). ``cursor`` is the id of the last memory of the previous page (keyset paging: no
+        row is skipped or repeated while others are written, though under ``"updated"`` a memory
+        changed meanwhile moves to the front); ``offset`` skips rows. ``include_embeddings=True``
+        fills ``Memory.embedding``."""
         return self._run(self._core.page(filter, limit, cursor, offset, order, include_embeddings))
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:

@@ -221,7 +221,7 @@ class Core:
     def memory(
         self, row: Sequence[Any], score: float | None = None, embedding: Any = None, expires_at: Any = None
     ) -> Memory:
-        """A result row (id, text, metadata, created_at, ...) as the caller sees it."""
+        """A result row (id, text, metadata, created_at, updated_at, ...) as the caller sees it."""
         row_id = row[0]
         return Memory(
             id=str(row_id),
@@ -230,6 +230,7 @@ class Core:
             score=score,
             created_at=row[3],
             collection=self.collection_name,
+            updated_at=row[4],
             embedding=read_vector(embedding) if embedding is not None else None,
             expires_at=expires_at,
         )
@@ -363,7 +364,7 @@ class Core:
 
         def body(scope: Scope) -> Operation[list[Memory]]:
             rows = yield from reads.page(scope, f, limit, offset, after, order, bool(include_embeddings))
-            return [self.memory(r, embedding=r[4], expires_at=r[5]) for r in rows]
+            return [self.memory(r, embedding=r[5], expires_at=r[6]) for r in rows]
 
         return self._call(body, idempotent=True)
 
@@ -398,7 +399,7 @@ class Core:
             q = vector if vector is not None else (yield from offload(self.embedding.one, text))
             rows, plan = yield from search(scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search)
             distance = scope.info.distance
-            return [self.memory(r, score_from_distance(distance, float(r[4]))) for r in rows], plan
+            return [self.memory(r, score_from_distance(distance, float(r[5]))) for r in rows], plan
 
         return self._call(body, idempotent=True)
 

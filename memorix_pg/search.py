@@ -115,7 +115,13 @@ ESTIMATES_MAX = 1024
 # two such ANDs at 1%: 21.5 -> 6.5 ms; other cells unchanged, and the walks still use HNSW.
 PLANNER_COSTS = tuple(sorted(SESSION_SETTINGS))  # random_page_cost 1.1, cpu_index_tuple_cost 0.05
 
-_RESULT_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
+_RESULT_COLUMNS = (
+    memories.c.id,
+    memories.c.text,
+    memories.c.metadata,
+    memories.c.created_at,
+    memories.c.updated_at,
+)
 
 
 @dataclass(frozen=True)
@@ -348,7 +354,7 @@ def _exact(
     info = scope.info
     query = cached(("exact", scope.key), lambda _: _exact_statement(info, where), f, params)
     rows = (yield from execute(query, final=True, settings=settings))[0].rows
-    return [r[:5] for r in rows], int(rows[0][5]) if rows else 0
+    return [r[:6] for r in rows], int(rows[0][6]) if rows else 0
 
 
 # -- the planner ------------------------------------------------------------------------------
@@ -365,7 +371,7 @@ def search(
     ef_search: int | None = None,
 ) -> Operation[tuple[Rows, SearchPlan]]:
     """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
-    (id, text, metadata, created_at, distance), and the plan used.
+    (id, text, metadata, created_at, updated_at, distance), and the plan used.
 
     ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
     exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
