@@ -273,6 +273,14 @@ class MemoryAPI:
         """What ``cleanup`` would delete (for a dry run)."""
         return self._run(self._core.count_older_than(older_than, filter))
 
+    def set_ttl(self, ids: Sequence[str], ttl: timedelta | None) -> int:
+        """Make the memories ``ids`` expire ``ttl`` from now (``None``: never): one UPDATE.
+
+        Returns how many were found; an id that is unknown or already expired is skipped (an
+        expired memory stays expired). Their ``updated_at`` does not change.
+        """
+        return self._run(self._core.set_ttl(ids, ttl))
+
     def purge_expired(self) -> int:
         """Delete this collection's memories whose TTL has passed."""
         return self._run(self._core.purge_expired())
@@ -341,12 +349,13 @@ class MemoryAPI:
         """
         return self._run(self._core.create_index(key, type))
 
-    def stats(self, group_by: str | None = None) -> dict[str, Any]:
-        """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key.
+    def stats(self, group_by: str | None = None, filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key, of the
+        memories matching ``filter``.
 
         Memories without the key (or with a null) count under ``None``.
         """
-        return self._run(self._core.stats(group_by))
+        return self._run(self._core.stats(group_by, filter))
 
     def __repr__(self) -> str:
         return f"MemoryAPI(collection_name={self.collection_name!r}, embedder={self.embedder.name!r})"

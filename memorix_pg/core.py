@@ -415,6 +415,15 @@ class Core:
         f = self._where(filter)
         return self._call(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True)
 
+    def set_ttl(self, ids: Sequence[str], ttl: timedelta | None) -> Call[int]:
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise InvalidInput(f"ids must be a list of ids, got {type(ids).__name__}")
+        row_ids = [parse_id(v, f"ids[{i}]") for i, v in enumerate(ids)]
+        expires_at = _expiry(ttl)
+        if not row_ids:
+            return Call(lambda: _done(0))
+        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at))
+
     def purge_expired(self) -> Call[int]:
         return self._call(lambda scope: lifecycle.purge_expired(scope, self.planner))
 
@@ -485,9 +494,9 @@ class Core:
 
         return self._call(body, idempotent=True)
 
-    def stats(self, group_by: str | None) -> Call[dict[str, Any]]:
+    def stats(self, group_by: str | None, filter: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
+        f = self._where(filter)
         if group_by is None:
-            f = self._where(None)
 
             def total(scope: Scope) -> Operation[dict[str, Any]]:
                 return {"total": (yield from reads.count(scope, f)), "groups": {}}
@@ -496,7 +505,7 @@ class Core:
         self.sealer.check_group_key(group_by)
 
         def grouped(scope: Scope) -> Operation[dict[str, Any]]:
-            groups = yield from lifecycle.group_counts(scope, group_by)
+            groups = yield from lifecycle.group_counts(scope, group_by, f)
             return {"total": sum(groups.values()), "groups": groups}
 
         return self._call(grouped, idempotent=True)
@@ -528,4 +537,10 @@ class Core:
 
 def _nothing() -> Operation[list[str]]:
     return []
+    yield  # pragma: no cover - makes this a generator
+
+
+def _done(value: T) -> Operation[T]:
+    """An operation that sends nothing and returns ``value``."""
+    return value
     yield  # pragma: no cover - makes this a generator
