@@ -223,7 +223,7 @@ class Core:
     def memory(
         self, row: Sequence[Any], score: float | None = None, embedding: Any = None, expires_at: Any = None
     ) -> Memory:
-        """A result row (id, text, metadata, created_at, ...) as the caller sees it."""
+        """A result row (id, text, metadata, created_at, updated_at, ...) as the caller sees it."""
         row_id = row[0]
         return Memory(
             id=str(row_id),
@@ -232,6 +232,7 @@ class Core:
             score=score,
             created_at=row[3],
             collection=self.collection_name,
+            updated_at=row[4],
             embedding=read_vector(embedding) if embedding is not None else None,
             expires_at=expires_at,
         )
@@ -365,7 +366,7 @@ class Core:
 
         def body(scope: Scope) -> Operation[list[Memory]]:
             rows = yield from reads.page(scope, f, limit, offset, after, order, bool(include_embeddings))
-            return [self.memory(r, embedding=r[4], expires_at=r[5]) for r in rows]
+            return [self.memory(r, embedding=r[5], expires_at=r[6]) for r in rows]
 
         return self._call(body, idempotent=True)
 
@@ -400,7 +401,7 @@ class Core:
             q = vector if vector is not None else (yield from offload(self.embedding.one, text))
             rows, plan = yield from search(scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search)
             distance = scope.info.distance
-            return [self.memory(r, score_from_distance(distance, float(r[4]))) for r in rows], plan
+            return [self.memory(r, score_from_distance(distance, float(r[5]))) for r in rows], plan
 
         return self._call(body, idempotent=True)
 
@@ -428,6 +429,15 @@ class Core:
         age = _positive_timedelta(older_than, "older_than")
         f = self._where(filter)
         return self._call(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True)
+
+    def set_ttl(self, ids: Sequence[str], ttl: timedelta | None) -> Call[int]:
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise InvalidInput(f"ids must be a list of ids, got {type(ids).__name__}")
+        row_ids = [parse_id(v, f"ids[{i}]") for i, v in enumerate(ids)]
+        expires_at = _expiry(ttl)
+        if not row_ids:
+            return Call(lambda: _done(0))
+        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at))
 
     def purge_expired(self) -> Call[int]:
         return self._call(lambda scope: lifecycle.purge_expired(scope, self.planner))
@@ -499,9 +509,9 @@ class Core:
 
         return self._call(body, idempotent=True)
 
-    def stats(self, group_by: str | None) -> Call[dict[str, Any]]:
+    def stats(self, group_by: str | None, filter: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
+        f = self._where(filter)
         if group_by is None:
-            f = self._where(None)
 
             def total(scope: Scope) -> Operation[dict[str, Any]]:
                 return {"total": (yield from reads.count(scope, f)), "groups": {}}
@@ -510,7 +520,7 @@ class Core:
         self.sealer.check_group_key(group_by)
 
         def grouped(scope: Scope) -> Operation[dict[str, Any]]:
-            groups = yield from lifecycle.group_counts(scope, group_by)
+            groups = yield from lifecycle.group_counts(scope, group_by, f)
             return {"total": sum(groups.values()), "groups": groups}
 
         return self._call(grouped, idempotent=True)
@@ -542,4 +552,10 @@ class Core:
 
 def _nothing() -> Operation[list[str]]:
     return []
+    yield  # pragma: no cover - makes this a generator
+
+
+def _done(value: T) -> Operation[T]:
+    """An operation that sends nothing and returns ``value``."""
+    return value
     yield  # pragma: no cover - makes this a generator

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from .models import memories
 from .scope import Scope
-from .search import EF_MAX, Planner, search
+from .search import DISTANCE, EF_MAX, Planner, search
 from .statements import Filter, cached
 from .steps import Operation, fetch_all
 from .traps import TOLERANCE
@@ -89,7 +89,7 @@ class RecallReport:
 
 def _found(rows: list[tuple[Any, ...]], bound: float, wanted: int) -> float:
     """The share of the ``wanted`` results found: rows within the exact k-th distance ``bound``."""
-    return min(wanted, sum(1 for r in rows if float(r[4]) <= bound)) / wanted
+    return min(wanted, sum(1 for r in rows if float(r[DISTANCE]) <= bound)) / wanted
 
 
 def check_recall(
@@ -115,7 +115,7 @@ def check_recall(
         truth, _ = yield from search(scope, planner, f, vector, k, exact=True)
         if not truth:
             continue
-        kth = float(truth[-1][4])
+        kth = float(truth[-1][DISTANCE])
         bound = kth + TOLERANCE * max(1.0, abs(kth))
         wanted = min(k, len(truth))
         got, plan = yield from search(scope, planner, f, vector, k)

@@ -90,6 +90,7 @@ from .traps import window as sample_window
 from .vector_index import QUERY_VECTOR, CollectionInfo, collection_predicate, distance_expression, index_name
 
 __all__ = [
+    "DISTANCE",
     "EF_MAX",
     "EF_MIN",
     "EF_PER_SELECTIVITY",
@@ -129,7 +130,14 @@ SAMPLES_MAX = 16  # tenants whose samples a collection's planner keeps
 # two such ANDs at 1%: 21.5 -> 6.5 ms; other cells unchanged, and the walks still use HNSW.
 PLANNER_COSTS = tuple(sorted(SESSION_SETTINGS))  # random_page_cost 1.1, cpu_index_tuple_cost 0.05
 
-_RESULT_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
+_RESULT_COLUMNS = (
+    memories.c.id,
+    memories.c.text,
+    memories.c.metadata,
+    memories.c.created_at,
+    memories.c.updated_at,
+)
+DISTANCE = len(_RESULT_COLUMNS)  # where a result row holds its distance
 
 
 @dataclass(frozen=True)
@@ -378,7 +386,7 @@ def _exact(
     info = scope.info
     query = cached(("exact", scope.key), lambda _: _exact_statement(info, where), f, params)
     rows = (yield from execute(query, final=True, settings=settings))[0].rows
-    return [r[:5] for r in rows], int(rows[0][5]) if rows else 0
+    return [r[: DISTANCE + 1] for r in rows], int(rows[0][DISTANCE + 1]) if rows else 0
 
 
 # -- the planner ------------------------------------------------------------------------------
@@ -396,7 +404,7 @@ def search(
     check_traps: bool = True,
 ) -> Operation[tuple[Rows, SearchPlan]]:
     """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
-    (id, text, metadata, created_at, distance), and the plan used.
+    (id, text, metadata, created_at, updated_at, distance), and the plan used.
 
     ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
     exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
@@ -537,7 +545,7 @@ def _missed(
     rows nearer than its k-th result; else ``confirmed`` matches (id, distance) nearer than that."""
     if len(rows) < k:
         return []  # short: the exact scan follows anyway
-    kth = float(rows[k - 1][4])
+    kth = float(rows[k - 1][DISTANCE])
     returned = {r[0] for r in rows}
     if sample is not None:
         return nearer_rows(sample, query, kth, returned, CANDIDATES_MAX)

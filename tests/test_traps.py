@@ -54,20 +54,23 @@ def walk_alone(api: Any, query: np.ndarray) -> list[str]:
     return [r[0] for r in rows]
 
 
-def assert_nearest(got: list[Any], vectors: np.ndarray, ids: list[str], q: np.ndarray, among: int) -> None:
-    """``got`` are the k nearest of the first ``among`` rows (by distance: near-ties may swap)."""
+def recall_of(got: list[Any], vectors: np.ndarray, ids: list[str], q: np.ndarray, among: int) -> float:
+    """The share of the k nearest of the first ``among`` rows found, by distance (near-ties may swap)."""
     sims = vectors[:among] @ q
+    kth = np.sort(sims)[::-1][K - 1]
     by_id = dict(zip(ids, sims, strict=False))
-    assert len(got) == K
-    found = sorted((by_id[m.id] for m in got), reverse=True)
-    np.testing.assert_allclose(found, np.sort(sims)[::-1][:K], atol=1e-5)
+    return sum(1 for m in got if by_id[m.id] >= kth - 1e-5) / K
+
+
+ROWS = 6000  # 60 clusters of 100; the planner samples 1,024-2,048 of them, ~25 a cluster
 
 
 @pytest.fixture
 def trapped(make_api) -> tuple[Any, np.ndarray, list[str]]:
     api = make_api("trapped", embedder=f"hash-{DIM}")
-    vectors = clusters(3000, 60, seed=4)
-    ids = api.store_batch([f"m{i}" for i in range(len(vectors))], embeddings=vectors)
+    vectors = clusters(ROWS, 60, seed=4)
+    metadatas = [{"i": i} for i in range(ROWS)]
+    ids = api.store_batch([f"m{i}" for i in range(ROWS)], metadatas, embeddings=vectors)
     sparse_graph(api)
     return api, vectors, ids
 
@@ -75,38 +78,40 @@ def trapped(make_api) -> tuple[Any, np.ndarray, list[str]]:
 def test_retrieve_recovers_every_trapped_walk(trapped) -> None:
     api, vectors, ids = trapped
     rng = np.random.default_rng(1)
-    picked = rng.choice(len(vectors), 40, replace=False)
-    queries = vectors[picked] + 0.01 * rng.standard_normal((40, DIM)).astype(np.float32)
-    trapped_walks = 0
+    picked = rng.choice(len(vectors), 60, replace=False)
+    queries = vectors[picked] + 0.01 * rng.standard_normal((60, DIM)).astype(np.float32)
+    trapped_walks, recalls, walk_recalls = 0, [], []
     for q in queries:
         truth = {ids[i] for i in np.argsort(-(vectors @ q))[:K]}
-        walked = set(walk_alone(api, q))
+        walked = walk_alone(api, q)
+        walk_recalls.append(len(set(walked) & truth) / K)
         got = api.retrieve(None, top_k=K, embedding=q)
-        plan = api.explain_retrieve(None, top_k=K, embedding=q)
-        assert_nearest(got, vectors, ids, q, len(vectors))
+        recalls.append(recall_of(got, vectors, ids, q, ROWS))
         # A walk that comes back short falls back to the exact scan as before; one that returns
-        # k rows that are not the nearest is a trap, and only the trap check can tell.
-        if len(walked) == K and len(walked & truth) < K:
+        # k rows and none of the nearest is trapped, and only the trap check can tell.
+        if len(walked) == K and walk_recalls[-1] == 0:
             trapped_walks += 1
-            assert plan.trapped, plan.reason
+            assert api.explain_retrieve(None, top_k=K, embedding=q).trapped
+            assert recalls[-1] >= 0.8
+    # A graph this sparse also misses single rows inside the right cluster, which a sample of a
+    # quarter of the rows finds only sometimes: the mean improves, traps are recovered.
+    assert np.mean(recalls) > np.mean(walk_recalls) and np.mean(recalls) >= 0.95
     # The sparse graph must really trap the walk, or the test proves nothing.
     assert trapped_walks >= 3
 
 
-def test_a_trapped_filtered_walk_is_recovered(make_api) -> None:
-    api = make_api("trapped_filtered", embedder=f"hash-{DIM}")
-    vectors = clusters(3000, 60, seed=4)
-    metadatas = [{"i": i} for i in range(len(vectors))]
-    ids = api.store_batch([f"m{i}" for i in range(len(vectors))], metadatas, embeddings=vectors)
-    sparse_graph(api)
+def test_a_trapped_filtered_walk_is_recovered(trapped) -> None:
+    api, vectors, ids = trapped
     rng = np.random.default_rng(2)
-    half = {"i": {"$lt": 1500}}  # half of the rows match: the walk is a filtered (iterative) one
+    half = {"i": {"$lt": ROWS // 2}}  # half of the rows match: the walk is a filtered (iterative) one
     plan = api.explain_retrieve(None, top_k=K, filter=half, embedding=vectors[0])
     assert "HNSW iterative scan" in plan.reason
-    trapped_walks = 0
-    for q in vectors[rng.choice(1500, 30, replace=False)]:
-        assert_nearest(api.retrieve(None, top_k=K, filter=half, embedding=q), vectors, ids, q, 1500)
+    trapped_walks, recalls = 0, []
+    for q in vectors[rng.choice(ROWS // 2, 40, replace=False)]:
+        got = api.retrieve(None, top_k=K, filter=half, embedding=q)
+        recalls.append(recall_of(got, vectors, ids, q, ROWS // 2))
         trapped_walks += api.explain_retrieve(None, top_k=K, filter=half, embedding=q).trapped
+    assert min(recalls) >= 0.5 and np.mean(recalls) >= 0.95
     assert trapped_walks >= 1
 
 
@@ -115,7 +120,7 @@ def test_check_recall_reports_the_walk_and_the_recovery(trapped) -> None:
     report = api.check_recall(queries=30)
     assert isinstance(report, RecallReport)
     assert report.queries == 30 and report.k == 10
-    assert report.recall == 1.0  # the planned searches recovered every trap
+    assert report.recall >= 0.95 and report.below_half == 0  # the planned searches recovered the traps
     assert report.traps_found >= 1
     assert min(report.walk_worst.values()) < 0.5  # the walk alone did fall into traps
     assert report.walk_recall[40] <= report.walk_recall[1000]
@@ -159,10 +164,10 @@ def test_check_recall_command(trapped, database_url: str) -> None:
     env = {"MEMORIX_DATABASE_URL": database_url}
     text = CliRunner().invoke(main, ["check-recall", "--queries", "10", *common], env=env)
     assert text.exit_code == 0, text.output
-    assert "recall@10 over 10 queries: 1.0000" in text.output and "worst:" in text.output
+    assert "recall@10 over 10 queries: " in text.output and "worst:" in text.output
     as_json = CliRunner().invoke(main, ["check-recall", "--queries", "10", "--json", *common], env=env)
     report = json.loads(as_json.output)
-    assert report["queries"] == 10 and report["recall"] == 1.0
+    assert report["queries"] == 10 and report["recall"] >= 0.9
     assert set(report["walk_recall"]) >= {"40", "1000"}
     bad = CliRunner().invoke(main, ["check-recall", "--queries", "0", *common], env=env)
     assert bad.exit_code != 0 and "queries" in bad.output and "Traceback" not in bad.output
