@@ -27,7 +27,10 @@ collection and filter is cached:
    graph; else **the index walk**, pgvector's iterative scan (``relaxed_order``) with the filter
    applied during the walk, fetching ``HNSW_OVERFETCH * k`` matches and keeping the nearest k.
    If the walk returns fewer than k rows, the exact scan runs: a search never returns fewer
-   than ``min(k, matches)``.
+   than ``min(k, matches)``. A walk that returns k rows is checked against a sample of the
+   collection kept in memory (traps.py): a sampled row nearer than its k-th result that it did
+   not return means the walk was trapped away from the query's neighbours; a wider walk, then
+   the exact scan, follow. Measured in benchmarks/results/recall.md.
 
 Thresholds, measured with benchmarks/search.py's data (clustered 384-d vectors whose
 neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
@@ -43,7 +46,8 @@ neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
   the same data differ); the misses were single queries trapped away from their neighbours, which
   a larger ``ef_search`` does not fix but a better-connected graph does. With m 20 /
   ef_construction 80 (the build takes ~25% longer: 20.0 s vs 16.1 s as halfvec), ef 100 gives
-  0.9995 and no trapped query. Hence that graph and the floor
+  0.9995 and no trapped query. Hence that graph (m 24 / ef_construction 128 for builds of up to
+  50k rows: vector_index.graph_for) and the floor
   ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 100k elements, 173 at 300k, 316 at 1M.
   A filtered walk needs more: at 50% selectivity and ef 100, AND/OR filters gave recall 0.982-0.983
   (m 20), at ef 200 0.995-0.998. Hence twice the floor when the filter matches less than 90% of

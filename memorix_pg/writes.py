@@ -187,7 +187,7 @@ def store(
         collection_size = yield from bounded_count(scope, _ALL, incoming, live=False)
         yield from execute(final=True)
         if collection_size < incoming:
-            body = deferred(scope.info, body)
+            body = deferred(scope.info, body, collection_size + incoming)
     ids = yield from body
     planner.changed_rows(incoming)
     return ids

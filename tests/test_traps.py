@@ -2,7 +2,7 @@
 ``check_recall`` reports what the walk alone would have returned.
 
 To get a trap on demand, the test rebuilds the collection's HNSW index with m 2 and
-ef_construction 4 (the library builds m 20 / ef_construction 80): on tight, far-apart clusters
+ef_construction 4 (the library builds m 24 / ef_construction 128 at this size): on tight, far-apart clusters
 such a graph is split in pieces the greedy walk cannot cross, which is what an unlucky parallel
 build does on a larger scale. The brute-force answer comes from numpy.
 """
@@ -36,9 +36,9 @@ def sparse_graph(api: Any) -> None:
         definition = conn.execute(
             "SELECT pg_get_indexdef(to_regclass(%s))", (f"memorix.{index}",)
         ).fetchone()[0]
-        assert "m='20'" in definition.replace(" ", ""), definition
+        assert "m='24'" in definition.replace(" ", ""), definition
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("memorix", index)))
-        sparse = definition.replace("m='20'", "m='2'").replace("ef_construction='80'", "ef_construction='4'")
+        sparse = definition.replace("m='24'", "m='2'").replace("ef_construction='128'", "ef_construction='4'")
         conn.execute(sparse)
 
 
