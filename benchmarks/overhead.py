@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from memorix_pg import AsyncMemoryAPI, MemoryAPI
-from memorix_pg.vector_index import HNSW_EF_CONSTRUCTION, HNSW_M
+from memorix_pg.vector_index import graph_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -331,7 +331,7 @@ def ingest(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
                 sql.SQL(
                     "CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops) "
                     "WITH (m = {}, ef_construction = {})"
-                ).format(table, sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION))
+                ).format(table, *map(sql.Literal, graph_for(args.load)))
             )
         hand_s.append(time.perf_counter() - start)
     h, lb = args.load / statistics.median(hand_s), args.load / statistics.median(lib_s)

@@ -17,6 +17,8 @@ from .errors import (
     PgvectorMissing,
 )
 from .memory import Memory
+from .recall import QueryRecall, RecallReport
+from .search import SearchPlan
 
 __all__ = [
     "VECTOR_STORES",
@@ -37,6 +39,9 @@ __all__ = [
     "MemoryNotFound",
     "PermissionDenied",
     "PgvectorMissing",
+    "QueryRecall",
+    "RecallReport",
+    "SearchPlan",
     "SentenceTransformerEmbedder",
     "list_collections",
 ]

@@ -25,6 +25,7 @@ from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
 from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
+from .recall import RecallReport
 from .runner import SyncRunner
 from .search import SearchPlan
 from .steps import Call
@@ -264,10 +265,12 @@ class MemoryAPI:
         include_embeddings: bool = False,
     ) -> builtins.list[Memory]:
         """Page through the collection in a stable order (``"newest"`` or ``"oldest"`` first, by
-        creation time then id). ``cursor`` is the id of the last memory of the previous page
-        (keyset paging: no row is skipped or repeated while others are written); ``offset``
-        skips rows. A cursor that names no memory (deleted since) is InvalidInput, not an empty page.
-        ``include_embeddings=True`` fills ``Memory.embedding``."""
+        creation time then id; ``"updated"``: last replaced or updated first, by ``updated_at``
+        then id). ``cursor`` is the id of the last memory of the previous page (keyset paging: no
+        row is skipped or repeated while others are written, though under ``"updated"`` a memory
+        changed meanwhile moves to the front); ``offset`` skips rows. A cursor that names no
+        memory (deleted since) is InvalidInput, not an empty page. ``include_embeddings=True``
+        fills ``Memory.embedding``."""
         return self._run(self._core.page(filter, limit, cursor, offset, order, include_embeddings))
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
@@ -308,6 +311,18 @@ class MemoryAPI:
         """Which search path ``retrieve`` takes for these arguments, and why."""
         return self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search))[1]
 
+    def check_recall(
+        self,
+        queries: int = 100,
+        top_k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        target: float = 0.99,
+    ) -> RecallReport:
+        """Measure this collection's search recall on its own data: ``queries`` stored vectors as
+        queries, against exact search; reports the worst queries and a suggested ``ef_search``."""
+        return self._run(self._core.check_recall(queries, top_k, filter, target))
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None = None) -> int:
@@ -317,6 +332,14 @@ class MemoryAPI:
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None = None) -> int:
         """What ``cleanup`` would delete (for a dry run)."""
         return self._run(self._core.count_older_than(older_than, filter))
+
+    def set_ttl(self, ids: Sequence[str], ttl: timedelta | None) -> int:
+        """Make the memories ``ids`` expire ``ttl`` from now (``None``: never): one UPDATE.
+
+        Returns how many were found; an id that is unknown or already expired is skipped (an
+        expired memory stays expired). Their ``updated_at`` does not change.
+        """
+        return self._run(self._core.set_ttl(ids, ttl))
 
     def purge_expired(self) -> int:
         """Delete this collection's memories whose TTL has passed."""
@@ -395,12 +418,13 @@ class MemoryAPI:
         """
         return self._run(self._core.create_index(key, type))
 
-    def stats(self, group_by: str | None = None) -> dict[str, Any]:
-        """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key.
+    def stats(self, group_by: str | None = None, filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``{"total": n, "groups": {value: count}}``: one GROUP BY over a metadata key, of the
+        memories matching ``filter``.
 
         Memories without the key (or with a null) count under ``None``.
         """
-        return self._run(self._core.stats(group_by))
+        return self._run(self._core.stats(group_by, filter))
 
     def __repr__(self) -> str:
         return f"MemoryAPI(collection_name={self.collection_name!r}, embedder={self.embedder.name!r})"

@@ -6,6 +6,7 @@ into a one-line message and exit status 1 (no traceback for a user's mistake).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -346,6 +347,43 @@ def stats(group_by: str, database_url: str | None, collection: str, embedder: st
         click.echo(f"{key!s:<{width}}  {count}")
 
 
+@main.command("check-recall")
+@click.option("--queries", default=100, show_default=True, help="Stored memories used as queries.")
+@click.option("--top-k", default=10, show_default=True, help="k of recall@k.")
+@click.option("--filter", "filter_json", default=None, help="Only memories matching this JSON filter.")
+@click.option("--target", default=0.99, show_default=True, help="Recall the suggested ef_search must reach.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def check_recall(
+    queries: int,
+    top_k: int,
+    filter_json: str | None,
+    target: float,
+    as_json: bool,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Measure a collection's search recall against exact search, on its own data.
+
+    Stored vectors serve as queries; prints recall@k of searches as planned, the HNSW walk's
+    recall by ef_search, the worst queries and a suggested ef_search.
+
+    \b
+    Example:
+      memorix-pg check-recall --collection knowledge --queries 200
+    """
+    api = _api(database_url, collection, embedder)
+    report = api.check_recall(queries, top_k, _json_option(filter_json, "--filter"), target=target)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report)))
+    else:
+        click.echo(str(report))
+
+
 def _duration(text: str) -> timedelta:
     """``30d``, ``12h``, ``15m``, ``90s`` or ``2w``."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -572,6 +610,78 @@ def rotate_key(
     )
     count = api.rotate_key(None if decrypt else new_key, encrypted_metadata=keys)
     click.echo(f"rewrote {count} memories of {collection!r} under {'no key' if decrypt else 'the new key'}")
+
+
+@main.command()
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    help="stdio: the client starts this command; http: streamable HTTP at http://HOST:PORT/mcp.",
+)
+@click.option(
+    "--host",
+    default=None,
+    help="Address to listen on with --transport http (default 127.0.0.1). Only loopback "
+    "addresses are accepted unless --allow-remote is given.",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port for --transport http (default 8765)."
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Accept a --host that is not loopback. The server has no authentication: whoever reaches "
+    "it can read and delete memories, so put an authenticating proxy in front.",
+)
+@click.option("--tenant", default=None, help="Tenant every tool reads and writes as.")
+@database_option
+@collection_option
+@embedder_option
+@_clean_errors
+def mcp(
+    transport: str,
+    host: str | None,
+    port: int | None,
+    allow_remote: bool,
+    tenant: str | None,
+    database_url: str | None,
+    collection: str,
+    embedder: str,
+) -> None:
+    """Serve memory tools to MCP clients: remember, recall, forget, list_collections, stats.
+
+    The tools use --collection unless a call names another; only remember creates a collection.
+    Over HTTP it listens on loopback addresses only, since it has no authentication.
+
+    \b
+    Needs the mcp extra:
+      pip install 'memorix-pg[mcp]'
+
+    \b
+    Example:
+      memorix-pg mcp --collection notes
+      memorix-pg mcp --transport http --host 127.0.0.1 --port 8765
+    """
+    from .integrations.mcp import DEFAULT_HOST, DEFAULT_PORT, require_fastmcp, serve
+
+    if transport == "stdio" and (host is not None or port is not None or allow_remote):
+        raise click.UsageError("--host, --port and --allow-remote apply to --transport http only")
+    try:
+        require_fastmcp()
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    serve(
+        "http" if transport == "http" else "stdio",
+        host=host or DEFAULT_HOST,
+        port=port or DEFAULT_PORT,
+        allow_remote=allow_remote,
+        database_url=database_url,
+        collection=collection,
+        embedder=embedder,
+        tenant=tenant,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

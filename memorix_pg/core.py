@@ -18,7 +18,7 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
-from . import lifecycle, reads, writes
+from . import lifecycle, reads, recall, writes
 from .cache import CacheInfo
 from .catalog import CollectionSummary, collection_summaries, drop_collection, open_collection
 from .crypto import Sealer, TextCipher
@@ -29,7 +29,7 @@ from .errors import CollectionNotFound, ConfigurationError, FilterError, Invalid
 from .filters import index_expression
 from .memory import Memory
 from .scope import Scope, tenant_settings
-from .search import Planner, SearchPlan, planner_for, search
+from .search import DISTANCE, Planner, SearchPlan, planner_for, search
 from .server import ensure_embedded_server
 from .statements import Filter, compile_where
 from .steps import Call, Operation, Query, offload
@@ -59,6 +59,8 @@ T = TypeVar("T")
 
 VECTOR_STORES = ("pgvector", "postgres", "postgresql")
 MAX_TOP_K = 2**31 - 1  # LIMIT takes a bigint; nothing sensible asks for more than int4
+MAX_RECALL_QUERIES = 10_000  # check_recall runs an exact scan per query
+MAX_RECALL_TOP_K = 1000  # pgvector's largest ef_search: a walk returns no more
 
 _prepared: set[str] = set()
 _prepared_lock = threading.Lock()
@@ -220,7 +222,7 @@ class Core:
     @property
     def planner(self) -> Planner:
         assert self.info is not None
-        return planner_for(self.url, self.info)
+        return planner_for(self.url, self.info.id)
 
     def _call(self, body: Any, idempotent: bool = False) -> Call[Any]:
         """``body(scope)`` after the collection is open."""
@@ -245,7 +247,7 @@ class Core:
     def memory(
         self, row: Sequence[Any], score: float | None = None, embedding: Any = None, expires_at: Any = None
     ) -> Memory:
-        """A result row (id, text, metadata, created_at, ...) as the caller sees it."""
+        """A result row (id, text, metadata, created_at, updated_at, ...) as the caller sees it."""
         row_id = row[0]
         return Memory(
             id=row_id,
@@ -254,6 +256,7 @@ class Core:
             score=score,
             created_at=row[3],
             collection=self.collection_name,
+            updated_at=row[4],
             embedding=read_vector(embedding) if embedding is not None else None,
             expires_at=expires_at,
         )
@@ -386,8 +389,8 @@ class Core:
         return self._call(body, idempotent=True)
 
     def _read(self, row: Sequence[Any], vectors: bool) -> Memory:
-        """A row of ``reads.get`` / ``get_many`` / ``newest``: its vector after the four columns."""
-        return self.memory(row, embedding=row[4] if vectors else None)
+        """A row of ``reads.get`` / ``get_many`` / ``newest``: its vector after the memory columns."""
+        return self.memory(row, embedding=row[len(reads.MEMORY_COLUMNS)] if vectors else None)
 
     def page(
         self,
@@ -415,7 +418,7 @@ class Core:
                     f"cursor {after!r:.80} is not the id of a memory of collection "
                     f"{self.collection_name!r} (was it deleted since the previous page?)"
                 )
-            return [self.memory(r, embedding=r[4], expires_at=r[5]) for r in rows]
+            return [self.memory(r, embedding=r[5], expires_at=r[6]) for r in rows]
 
         return self._call(body, idempotent=True)
 
@@ -457,12 +460,27 @@ class Core:
             distance = scope.info.distance
             return [
                 self.memory(
-                    r, score_from_distance(distance, float(r[4])), embedding=r[5] if vectors else None
+                    r,
+                    score_from_distance(distance, float(r[DISTANCE])),
+                    embedding=r[DISTANCE + 1] if vectors else None,
                 )
                 for r in rows
             ], plan
 
         return self._call(body, idempotent=True)
+
+    def check_recall(
+        self, queries: int, top_k: int, filter: Mapping[str, Any] | None, target: float
+    ) -> Call[recall.RecallReport]:
+        _check_int(queries, "queries", 1, MAX_RECALL_QUERIES)
+        _check_int(top_k, "top_k", 1, MAX_RECALL_TOP_K)
+        if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+            raise InvalidInput(f"target must be a number in (0, 1], got {target!r}")
+        f = self._where(filter)
+        return self._call(
+            lambda scope: recall.check_recall(scope, self.planner, f, queries, top_k, float(target)),
+            idempotent=True,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -475,6 +493,15 @@ class Core:
         age = _positive_timedelta(older_than, "older_than")
         f = self._where(filter)
         return self._call(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True)
+
+    def set_ttl(self, ids: Sequence[str], ttl: timedelta | None) -> Call[int]:
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise InvalidInput(f"ids must be a list of ids, got {type(ids).__name__}")
+        row_ids = [check_id(v, f"ids[{i}]") for i, v in enumerate(ids)]
+        expires_at = _expiry(ttl)
+        if not row_ids:
+            return Call(lambda: _done(0))
+        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at))
 
     def purge_expired(self) -> Call[int]:
         return self._call(lambda scope: lifecycle.purge_expired(scope, self.planner))
@@ -494,7 +521,7 @@ class Core:
                 target_name, self.embedding.name, self.embedding.dim, info.distance, info.precision
             )
             return (
-                yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target), f, target)
+                yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target.id), f, target)
             )
 
         return self._call(body)
@@ -546,9 +573,9 @@ class Core:
 
         return self._call(body, idempotent=True)
 
-    def stats(self, group_by: str | None) -> Call[dict[str, Any]]:
+    def stats(self, group_by: str | None, filter: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
+        f = self._where(filter)
         if group_by is None:
-            f = self._where(None)
 
             def total(scope: Scope) -> Operation[dict[str, Any]]:
                 return {"total": (yield from reads.count(scope, f)), "groups": {}}
@@ -557,7 +584,7 @@ class Core:
         self.sealer.check_group_key(group_by)
 
         def grouped(scope: Scope) -> Operation[dict[str, Any]]:
-            groups = yield from lifecycle.group_counts(scope, group_by)
+            groups = yield from lifecycle.group_counts(scope, group_by, f)
             return {"total": sum(groups.values()), "groups": groups}
 
         return self._call(grouped, idempotent=True)
@@ -605,4 +632,10 @@ def _nothing() -> Operation[list[str]]:
 
 def _no_memories() -> Operation[list[Memory]]:
     return []
+    yield  # pragma: no cover - makes this a generator
+
+
+def _done(value: T) -> Operation[T]:
+    """An operation that sends nothing and returns ``value``."""
+    return value
     yield  # pragma: no cover - makes this a generator

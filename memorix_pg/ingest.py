@@ -54,7 +54,10 @@ class MemoryRows:
 
 
 def _columns(info: CollectionInfo) -> list[str]:
-    return [embedding_column_name(info) if c == "<vector>" else c for c in _COLUMNS] + ["created_at"]
+    # A new row's updated_at is its created_at (the column default, now(), is the transaction's
+    # start: earlier than the row's own clock_timestamp()).
+    names = [embedding_column_name(info) if c == "<vector>" else c for c in _COLUMNS]
+    return [*names, "created_at", "updated_at"]
 
 
 def _upsert_clause(info: CollectionInfo) -> sql.Composed:
@@ -76,12 +79,14 @@ def _insert_sql(info: CollectionInfo) -> bytes:
     vector_type = sql.SQL("halfvec[]" if info.precision == "half" else "vector[]")
     return (
         sql.SQL(
-            "INSERT INTO {table} ({columns}) "
-            "SELECT u.id, %(collection_id)s::bigint, u.text, u.embedding, u.metadata, u.content_hash, "
-            "%(expires_at)s::timestamptz, %(tenant)s::text, coalesce(u.created_at, clock_timestamp()) "
+            # MATERIALIZED: clock_timestamp() runs once per row, for created_at and updated_at alike.
+            "WITH u AS MATERIALIZED (SELECT v.*, coalesce(v.created_at, clock_timestamp()) AS at "
             "FROM unnest(%(ids)s::text[], %(texts)s::text[], %(vectors)b::{vector_type}, "
             "%(metadatas)s::jsonb[], %(hashes)s::bytea[], %(created)s::timestamptz[]) "
-            "AS u(id, text, embedding, metadata, content_hash, created_at) "
+            "AS v(id, text, embedding, metadata, content_hash, created_at)) "
+            "INSERT INTO {table} ({columns}) "
+            "SELECT u.id, %(collection_id)s::bigint, u.text, u.embedding, u.metadata, u.content_hash, "
+            "%(expires_at)s::timestamptz, %(tenant)s::text, u.at, u.at FROM u "
             "{upsert} RETURNING id"
         )
         .format(
@@ -124,7 +129,7 @@ def _copy_records(
         rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, rows.created_at, strict=True
     ):
         value = vector_value(info, vector)
-        yield (row_id, info.id, text, value, Jsonb(meta), digest, expires_at, tenant, created_at)
+        yield (row_id, info.id, text, value, Jsonb(meta), digest, expires_at, tenant, created_at, created_at)
 
 
 def _copy_rows(
@@ -145,7 +150,7 @@ def _copy_rows(
         )
     columns = sql.SQL(", ").join(map(sql.Identifier, _columns(info)))
     vector = "halfvec" if info.precision == "half" else "vector"
-    types = ("text", "int8", "text", vector, "jsonb", "bytea", "timestamptz", "text", "timestamptz")
+    types = ("text", "int8", "text", vector, "jsonb", "bytea", "timestamptz", "text") + ("timestamptz",) * 2
     target = sql.Identifier("memorix_ingest") if upsert else _TABLE
     if upsert:
         yield from execute(

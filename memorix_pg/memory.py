@@ -18,6 +18,7 @@ class Memory:
 
     ``score`` is the cosine similarity to the query (higher is closer; for ``l2`` collections
     minus the distance, for ``ip`` the inner product), and ``None`` when no query ranked it.
+    ``updated_at`` is ``created_at`` until the memory is replaced (a stored id again) or updated.
     """
 
     id: str
@@ -26,6 +27,7 @@ class Memory:
     score: float | None = None
     created_at: datetime | None = None
     collection: str = ""
+    updated_at: datetime | None = None
     # Filled by reads that ask for them (``include_embeddings=True``); not part of equality.
     embedding: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
     expires_at: datetime | None = field(default=None, compare=False)

@@ -28,7 +28,13 @@ __all__ = [
     "page",
 ]
 
-MEMORY_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
+MEMORY_COLUMNS = (
+    memories.c.id,
+    memories.c.text,
+    memories.c.metadata,
+    memories.c.created_at,
+    memories.c.updated_at,
+)
 _ALL = compile_where(None)
 
 
@@ -38,8 +44,8 @@ def _columns(scope: Scope, embeddings: bool) -> tuple[sa.ColumnElement[Any], ...
 
 
 def get(scope: Scope, row_id: str, embeddings: bool = False) -> Operation[list[tuple[Any, ...]]]:
-    """The live memory ``row_id`` of the scope, as (id, text, metadata, created_at[, embedding]),
-    or nothing."""
+    """The live memory ``row_id`` of the scope, as (id, text, metadata, created_at, updated_at[,
+    embedding]), or nothing."""
     query = cached(
         ("get", scope.key, embeddings),
         lambda _: sa.select(*_columns(scope, embeddings)).where(
@@ -126,41 +132,36 @@ def bounded_count(scope: Scope, f: Filter, limit: int, live: bool = True) -> Ope
     return int((yield from execute(query))[0].rows[0][0])
 
 
-ORDERS = ("newest", "oldest")
+# Creation time (then id), newest or oldest first; or last change (then id), latest first.
+ORDERS = ("newest", "oldest", "updated")
 
 
 def page(
     scope: Scope, f: Filter, limit: int, offset: int, cursor: Any, order: str, include_embeddings: bool
 ) -> Operation[list[tuple[Any, ...]]]:
-    """Live memories matching ``f`` in a stable order (creation time, then id), after the memory
-    ``cursor`` when given: (id, text, metadata, created_at, embedding or None, expires_at)."""
-    newest_first = order == "newest"
+    """Live memories matching ``f`` in a stable order (see ``ORDERS``), after the memory
+    ``cursor`` when given: (id, text, metadata, created_at, updated_at, embedding or None,
+    expires_at)."""
+    descending = order != "oldest"
+    time = memories.c.updated_at if order == "updated" else memories.c.created_at
 
     def build(_: Any) -> sa.Select[Any]:
-        key = sa.tuple_(memories.c.created_at, memories.c.id)
+        key = sa.tuple_(time, memories.c.id)
         where = scope.live(f)
         if cursor is not None:
-            created = (
-                sa.select(memories.c.created_at)
-                .where(scope.rows(), memories.c.id == sa.bindparam("cursor"))
-                .scalar_subquery()
-            )
-            mark = sa.tuple_(created, sa.bindparam("cursor", type_=memories.c.id.type))
-            after = key < mark if newest_first else key > mark
-            where = sa.and_(where, after)
+            marked = sa.select(time).where(scope.rows(), memories.c.id == sa.bindparam("cursor"))
+            mark = sa.tuple_(marked.scalar_subquery(), sa.bindparam("cursor", type_=memories.c.id.type))
+            where = sa.and_(where, key < mark if descending else key > mark)
         vectors = stored_vectors(scope.info) if include_embeddings else sa.null()
         columns = (*MEMORY_COLUMNS, vectors, memories.c.expires_at)
-        ordering = (memories.c.created_at, memories.c.id)
         return (
             sa.select(*columns)
             .where(where)
-            .order_by(*(c.desc() if newest_first else c.asc() for c in ordering))
+            .order_by(*(c.desc() if descending else c.asc() for c in (time, memories.c.id)))
             .limit(sa.bindparam("limit"))
             .offset(sa.bindparam("offset"))
         )
 
     params = {**scope.params, "limit": limit, "offset": offset, "cursor": cursor}
-    query = cached(
-        ("page", scope.key, newest_first, cursor is not None, include_embeddings), build, f, params
-    )
+    query = cached(("page", scope.key, order, cursor is not None, include_embeddings), build, f, params)
     return (yield from fetch_all(query, final=True))

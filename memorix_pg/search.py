@@ -27,7 +27,10 @@ collection and filter is cached:
    graph; else **the index walk**, pgvector's iterative scan (``relaxed_order``) with the filter
    applied during the walk, fetching ``HNSW_OVERFETCH * k`` matches and keeping the nearest k.
    If the walk returns fewer than k rows, the exact scan runs: a search never returns fewer
-   than ``min(k, matches)``.
+   than ``min(k, matches)``. A walk that returns k rows is checked against a sample of the
+   collection kept in memory (traps.py): a sampled row nearer than its k-th result that it did
+   not return means the walk was trapped away from the query's neighbours; a wider walk, then
+   the exact scan, follow. Measured in benchmarks/results/recall.md.
 
 Thresholds, measured with benchmarks/search.py's data (clustered 384-d vectors whose
 neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
@@ -43,7 +46,8 @@ neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
   the same data differ); the misses were single queries trapped away from their neighbours, which
   a larger ``ef_search`` does not fix but a better-connected graph does. With m 20 /
   ef_construction 80 (the build takes ~25% longer: 20.0 s vs 16.1 s as halfvec), ef 100 gives
-  0.9995 and no trapped query. Hence that graph and the floor
+  0.9995 and no trapped query. Hence that graph (m 24 / ef_construction 128 for builds of up to
+  50k rows: vector_index.graph_for) and the floor
   ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 100k elements, 173 at 300k, 316 at 1M.
   A filtered walk needs more: at 50% selectivity and ef 100, AND/OR filters gave recall 0.982-0.983
   (m 20), at ef 200 0.995-0.998. Hence twice the floor when the filter matches less than 90% of
@@ -76,6 +80,17 @@ from .query_vector import QueryVector
 from .scope import Scope
 from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute
+from .traps import (
+    TOLERANCE,
+    Sample,
+    candidates_statement,
+    decode_sample,
+    nearer_rows,
+    nearest_rows,
+    sample_bits,
+    sample_statement,
+)
+from .traps import window as sample_window
 from .vector_index import (
     QUERY_VECTOR,
     CollectionInfo,
@@ -86,6 +101,7 @@ from .vector_index import (
 )
 
 __all__ = [
+    "DISTANCE",
     "EF_MAX",
     "EF_MIN",
     "EF_PER_SELECTIVITY",
@@ -114,6 +130,9 @@ MAX_SCAN_TUPLES = 20_000  # pgvector's default, set so a server-wide change cann
 ESTIMATE_SECONDS = 30.0  # an estimate is reused this long (other processes' writes are unseen) ...
 ESTIMATE_CHANGE = 0.1  # ... unless this process changed more than this share of the rows since
 ESTIMATES_MAX = 1024
+EF_TRAPPED = 400  # a trapped walk is walked again with at least this ef_search (see traps.py)
+CANDIDATES_MAX = 32  # sampled rows confirmed against the table per walk, at most
+SAMPLES_MAX = 16  # tenants whose samples a collection's planner keeps
 # Planner costs for the transaction. The exact scan's rows are read by random access to pages
 # that are normally cached, and PostgreSQL underprices a GIN scan of a frequent key (a 50% key's
 # 50k entries: ~5 ms, priced like 0.1 ms of btree). With the defaults (4, 0.005) it ANDs such
@@ -122,7 +141,14 @@ ESTIMATES_MAX = 1024
 # two such ANDs at 1%: 21.5 -> 6.5 ms; other cells unchanged, and the walks still use HNSW.
 PLANNER_COSTS = tuple(sorted(SESSION_SETTINGS))  # random_page_cost 1.1, cpu_index_tuple_cost 0.05
 
-_RESULT_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
+_RESULT_COLUMNS = (
+    memories.c.id,
+    memories.c.text,
+    memories.c.metadata,
+    memories.c.created_at,
+    memories.c.updated_at,
+)
+DISTANCE = len(_RESULT_COLUMNS)  # where a result row holds its distance
 
 
 @dataclass(frozen=True)
@@ -142,6 +168,7 @@ class SearchPlan:
     matches_estimated: int | None = None
     selectivity: float | None = None
     sample_rows: int | None = None
+    trapped: bool = False  # the walk missed sampled rows nearer than its results (traps.py)
 
 
 @dataclass(frozen=True)
@@ -198,7 +225,21 @@ class Planner:
     rows: float = 0.0  # the collection's size when the estimates were made
     changed: int = 0  # rows this process wrote or deleted since
     estimates: OrderedDict[Hashable, tuple[float, _Probe]] = field(default_factory=OrderedDict)
+    samples: OrderedDict[str | None, Sample] = field(default_factory=OrderedDict)  # by tenant
+    check_traps: bool = True  # the trap check of traps.py (off only to measure it)
+    traps_found: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sample(self, tenant: str | None) -> Sample | None:
+        with self.lock:
+            return self.samples.get(tenant)
+
+    def keep_sample(self, tenant: str | None, sample: Sample) -> Sample:
+        with self.lock:
+            self.samples[tenant] = sample
+            if len(self.samples) > SAMPLES_MAX:
+                self.samples.popitem(last=False)
+            return sample
 
     def changed_rows(self, n: int) -> None:
         """Writes changed ``n`` rows: past ESTIMATE_CHANGE of the collection, estimate again."""
@@ -206,6 +247,7 @@ class Planner:
             self.changed += n
             if self.changed > ESTIMATE_CHANGE * max(self.rows, SAMPLE_ROWS):
                 self.estimates.clear()
+                self.samples.clear()
                 self.changed = 0
 
     def estimate(self, key: Hashable) -> _Probe | None:
@@ -236,10 +278,10 @@ _planners: dict[tuple[str, int], Planner] = {}
 _planners_lock = threading.Lock()
 
 
-def planner_for(database: str, info: CollectionInfo) -> Planner:
+def planner_for(database: str, collection_id: int) -> Planner:
     """The shared planner state of a collection (one per database and collection in a process)."""
     with _planners_lock:
-        return _planners.setdefault((database, info.id), Planner())
+        return _planners.setdefault((database, collection_id), Planner())
 
 
 # -- the statements ---------------------------------------------------------------------------
@@ -387,14 +429,15 @@ def search(
     *,
     exact: bool | None = None,
     ef_search: int | None = None,
+    check_traps: bool = True,
     embeddings: bool = False,
 ) -> Operation[tuple[Rows, SearchPlan]]:
     """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
-    (id, text, metadata, created_at, distance[, embedding]), and the plan used.
+    (id, text, metadata, created_at, updated_at, distance[, embedding]), and the plan used.
 
     ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
     exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
-    (clamped to k..1000).
+    (clamped to k..1000). ``check_traps=False`` returns the walk's answer unchecked (to measure it).
     """
     info = scope.info
     where = scope.live(f)
@@ -415,8 +458,8 @@ def search(
         f"({p.selectivity:.2%}, sampled {p.sampled} rows)"
     )
 
-    def plan(path: str, reason: str, counted: int | None, ef: int | None) -> SearchPlan:
-        return SearchPlan(path, reason, counted, ef, p.estimated, p.selectivity, p.sampled)
+    def plan(path: str, why: str, counted: int | None, ef: int | None, trapped: bool = False) -> SearchPlan:
+        return SearchPlan(path, why, counted, ef, p.estimated, p.selectivity, p.sampled, trapped)
 
     if exact is None and p.use_exact:
         rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
@@ -427,22 +470,62 @@ def search(
         return rows, plan("exact", why, counted, None)
 
     ef = p.ef(k, ef_search)
-    if f.shape == _UNFILTERED.shape:
-        walk = cached(
-            ("direct", scope.key, embeddings), lambda _: _direct_statement(info, where, embeddings), f, params
+    unfiltered = f.shape == _UNFILTERED.shape
+    walk = _walk_query(scope, f, where, params, unfiltered, k, embeddings)
+    sample_key = scope.tenant
+    checking = check_traps and planner.check_traps
+    sample = planner.sample(sample_key) if checking else None
+    extra: list[Query] = []
+    if checking and sample is None:
+        bits = sample_bits(p.graph)
+        extra.append(
+            cached(
+                ("sample", scope.key, bits),
+                lambda _: sample_statement(info, bits, scope.live()),
+                _UNFILTERED,
+                {**scope.params, **sample_window(bits)},
+            )
         )
-        rows = (yield from execute(walk, final=True, settings=_settings(ef, iterative=False)))[0].rows
-        how = "HNSW scan"
-    else:
-        walk = cached(
-            ("hnsw", scope.key, embeddings),
-            lambda _: _hnsw_statement(info, where, embeddings),
-            f,
-            {**params, "fetch": HNSW_OVERFETCH * k},
-        )
-        rows = (yield from execute(walk, final=True, settings=_settings(ef)))[0].rows
-        how = "HNSW iterative scan"
+    # A filtered walk: which of the sampled rows nearest to the query match the filter is asked in
+    # the same round trip (the sample alone cannot tell which rows match).
+    candidates: list[Any] = []
+    if sample is not None and not unfiltered:
+        candidates = nearest_rows(sample, query, _candidates_for(k, p, len(sample.ids)))
+        if candidates:
+            extra.append(_candidates_query(scope, f, where, params, candidates))
+    results = yield from execute(walk, *extra, final=True, settings=_settings(ef, iterative=not unfiltered))
+    rows = results[0].rows
+    if checking and sample is None:
+        sample = planner.keep_sample(sample_key, decode_sample(results[1].rows[0], info))
+    how = "HNSW scan" if unfiltered else "HNSW iterative scan"
     reason = ("forced by exact=False" if exact is False else facts) + f": {how}, ef_search {ef}"
+    confirmed = results[-1].rows if candidates else []
+    missed = _missed(sample if unfiltered else None, query, rows, k, confirmed)
+    if missed:
+        # Trapped: rows nearer than the k-th result were not returned. A wider walk first (it
+        # escapes every trap measured so far), checked again; the exact scan if it is trapped too.
+        # An unfiltered walk's candidates come from the sample alone (rows deleted since it was
+        # read are false alarms): they are confirmed in the same round trip as the wider walk.
+        planner.traps_found += 1
+        wider = max(EF_TRAPPED, min(EF_MAX, 4 * ef))
+        again = yield from execute(
+            walk,
+            *([_candidates_query(scope, f, where, params, missed)] if unfiltered else []),
+            final=True,
+            settings=_settings(wider, iterative=not unfiltered),
+        )
+        rows = again[0].rows
+        reason += f", trapped ({len(missed)} rows nearer than its {k}th result missed): ef_search {wider}"
+        ef = wider
+        if unfiltered:
+            gone = set(missed) - {row[0] for row in again[1].rows}
+            still = [m for m in _missed(sample, query, rows, k, []) if m not in gone]
+        else:
+            still = _missed(None, query, rows, k, confirmed)
+        if len(rows) >= k and not still:
+            return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef, trapped=True)
+        fallback, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
+        return fallback, plan("exact", f"{reason}, trapped again: exact scan", counted, ef, trapped=True)
     if len(rows) >= k:
         return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef)
     # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact
@@ -453,3 +536,57 @@ def search(
             "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, ef
         )
     return rows, plan("hnsw", reason, counted, ef)
+
+
+def _walk_query(
+    scope: Scope,
+    f: Filter,
+    where: sa.ColumnElement[bool],
+    params: dict[str, Any],
+    unfiltered: bool,
+    k: int,
+    embeddings: bool,
+) -> Query:
+    info = scope.info
+    if unfiltered:
+        return cached(
+            ("direct", scope.key, embeddings), lambda _: _direct_statement(info, where, embeddings), f, params
+        )
+    fetch = {**params, "fetch": HNSW_OVERFETCH * k}
+    return cached(
+        ("hnsw", scope.key, embeddings), lambda _: _hnsw_statement(info, where, embeddings), f, fetch
+    )
+
+
+def _candidates_query(
+    scope: Scope, f: Filter, where: sa.ColumnElement[bool], params: dict[str, Any], ids: list[Any]
+) -> Query:
+    info = scope.info
+    return cached(
+        ("candidates", scope.key),
+        lambda _: candidates_statement(where, distance_expression(info, None)),
+        f,
+        {**params, "candidates": ids},
+    )
+
+
+def _candidates_for(k: int, p: _Probe, sampled: int) -> int:
+    """How many of the sampled rows nearest to the query to confirm for a filtered walk: twice
+    the rank the walk's k-th match should have in the sample, plus two, at most 32."""
+    rank = k * sampled / max(p.estimated, 1)
+    return min(CANDIDATES_MAX, math.ceil(2 * rank) + 2)
+
+
+def _missed(
+    sample: Sample | None, query: npt.NDArray[np.float32], rows: Rows, k: int, confirmed: Rows
+) -> list[Any]:
+    """Rows a correct walk would have returned: with a ``sample`` (an unfiltered walk), sampled
+    rows nearer than its k-th result; else ``confirmed`` matches (id, distance) nearer than that."""
+    if len(rows) < k:
+        return []  # short: the exact scan follows anyway
+    kth = float(rows[k - 1][DISTANCE])
+    returned = {r[0] for r in rows}
+    if sample is not None:
+        return nearer_rows(sample, query, kth, returned, CANDIDATES_MAX)
+    bound = kth - TOLERANCE * max(1.0, abs(kth))
+    return [row_id for row_id, distance in confirmed if distance < bound and row_id not in returned]

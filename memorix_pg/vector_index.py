@@ -49,6 +49,7 @@ __all__ = [
     "drop_index_sql",
     "drop_vector_index",
     "embedding_column_name",
+    "graph_for",
     "index_name",
     "index_state",
     "metadata_index_name",
@@ -73,10 +74,21 @@ _TYPE_SQL = {"vector": sql.SQL("vector"), "halfvec": sql.SQL("halfvec")}
 
 METADATA_GIN_INDEX = f"{SCHEMA}.memories_metadata_gin_idx"
 
-# A better-connected graph than pgvector's default (16, 64): no query trapped away from its
-# neighbours at ef_search 100 (recall@10 0.9995 vs 0.9915 at 100k; see memorix_pg.search).
-HNSW_M = 20
-HNSW_EF_CONSTRUCTION = 80
+# Better-connected graphs than pgvector's default (16, 64), by the rows a build starts with.
+# Past SMALL_GRAPH_ROWS: m 20 / ef_construction 80, no query trapped at ef_search 100 on 100k rows
+# (recall@10 0.9995 vs 0.9915 with the default; see memorix_pg.search). Up to it, builds take
+# seconds, so m 24 / ef_construction 128: measured on 20k clustered rows (3 builds each, 500
+# queries; benchmarks/recall.py --graphs), broad clusters gave walk recall 0.9940 with 20/80,
+# 0.9988 with 24/128 and 1.0 with 32/200, for builds of 6.7, 8.8 and 13.6 s. A collection made
+# empty gets the small graph; a load of 1,000+ rows into a smaller collection rebuilds it by size.
+SMALL_GRAPH_ROWS = 50_000
+SMALL_GRAPH = (24, 128)
+LARGE_GRAPH = (20, 80)
+
+
+def graph_for(rows: int) -> tuple[int, int]:
+    """``(m, ef_construction)`` for an HNSW build over ``rows`` rows."""
+    return SMALL_GRAPH if rows <= SMALL_GRAPH_ROWS else LARGE_GRAPH
 
 
 @dataclass(frozen=True)
@@ -177,9 +189,11 @@ def score_from_distance(distance: str, value: float) -> float:
     return -value
 
 
-def create_index_sql(info: CollectionInfo, *, concurrently: bool = False) -> sql.Composed:
-    """``CREATE INDEX ... USING hnsw`` for the collection (no-op when it exists)."""
+def create_index_sql(info: CollectionInfo, *, concurrently: bool = False, rows: int = 0) -> sql.Composed:
+    """``CREATE INDEX ... USING hnsw`` for the collection (no-op when it exists), its graph sized
+    for ``rows`` rows."""
     kind = info.index_type
+    m, ef_construction = graph_for(rows)
     return sql.SQL(
         "CREATE INDEX {how}IF NOT EXISTS {name} ON {table} USING hnsw "
         "(({column}::{kind}({dim})) {opclass}) WITH (m = {m}, ef_construction = {efc}) "
@@ -192,8 +206,8 @@ def create_index_sql(info: CollectionInfo, *, concurrently: bool = False) -> sql
         kind=_TYPE_SQL[kind],
         dim=sql.Literal(int(info.dimension)),
         opclass=sql.Identifier(f"{kind}_{_OPCLASS_SUFFIX[info.distance]}"),
-        m=sql.Literal(HNSW_M),
-        efc=sql.Literal(HNSW_EF_CONSTRUCTION),
+        m=sql.Literal(m),
+        efc=sql.Literal(ef_construction),
         cid=sql.Literal(int(info.id)),
     )
 
@@ -300,7 +314,7 @@ def _lock(function: str, info: CollectionInfo) -> Query:
     )
 
 
-def rebuild_concurrently(info: CollectionInfo) -> Operation[None]:
+def rebuild_concurrently(info: CollectionInfo, rows: int) -> Operation[None]:
     """Build the collection's index without blocking other collections (on the admin connection).
 
     Replaces an invalid leftover of an interrupted build, then refreshes the planner's
@@ -313,7 +327,7 @@ def rebuild_concurrently(info: CollectionInfo) -> Operation[None]:
         Query(b"SELECT set_config('maintenance_work_mem', %(v)s, false)", {"v": BULK_MAINTENANCE_MEM})
     )
     yield from ensure(
-        _admin(Query(create_index_sql(info, concurrently=True))),
+        _admin(Query(create_index_sql(info, concurrently=True, rows=rows))),
         lambda: _admin(Query(b"RESET maintenance_work_mem")),
     )
     yield from _admin(Query(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, "memories"))))
@@ -326,8 +340,11 @@ def rebuild_concurrently(info: CollectionInfo) -> Operation[None]:
 
 
 def _rebuild_if_allowed(info: CollectionInfo) -> Operation[None]:
+    table = sql.Identifier(SCHEMA, "memories")
+    count = sql.SQL("SELECT count(*) FROM {} WHERE collection_id = %(id)s").format(table)
+    rows = int((yield from _admin(Query(count, {"id": int(info.id)})))[0].rows[0][0])
     try:
-        yield from rebuild_concurrently(info)
+        yield from rebuild_concurrently(info, rows)
     except pg_errors.InsufficientPrivilege:
         pass  # an app role may not build it: `memorix-pg migrate` as the owner will
 
@@ -342,13 +359,14 @@ def repair(info: CollectionInfo) -> Operation[None]:
         yield from ensure(_rebuild_if_allowed(info), lambda: _admin(_lock("pg_advisory_unlock", info)))
 
 
-def _load_without_index(info: CollectionInfo, load: Operation[T]) -> Operation[T]:
+def _load_without_index(info: CollectionInfo, load: Operation[T], rows: int) -> Operation[T]:
     yield from _admin(Query(drop_index_sql(info, concurrently=True)))
-    return (yield from ensure(load, lambda: rebuild_concurrently(info), rollback=True))
+    return (yield from ensure(load, lambda: rebuild_concurrently(info, rows), rollback=True))
 
 
-def deferred(info: CollectionInfo, load: Operation[T]) -> Operation[T]:
-    """Run ``load`` with the collection's HNSW index dropped, and build the index once after.
+def deferred(info: CollectionInfo, load: Operation[T], rows: int) -> Operation[T]:
+    """Run ``load`` with the collection's HNSW index dropped, and build the index once after,
+    its graph sized for ``rows`` (the collection's rows after the load).
 
     Measured: COPY ~60k rows/s without the index, ~600 rows/s with it. Both steps run
     CONCURRENTLY on the admin connection, so other collections are never blocked; the load
@@ -357,5 +375,7 @@ def deferred(info: CollectionInfo, load: Operation[T]) -> Operation[T]:
     """
     yield from _admin(_lock("pg_advisory_lock", info))
     return (
-        yield from ensure(_load_without_index(info, load), lambda: _admin(_lock("pg_advisory_unlock", info)))
+        yield from ensure(
+            _load_without_index(info, load, rows), lambda: _admin(_lock("pg_advisory_unlock", info))
+        )
     )

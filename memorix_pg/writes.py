@@ -30,7 +30,16 @@ from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute, fetch_one, offload
 from .vector_index import deferred, embedding_column_name, vector_value
 
-__all__ = ["DEFER_INDEX_MIN_ROWS", "NewMemories", "delete", "delete_where", "rotate", "store", "update"]
+__all__ = [
+    "DEFER_INDEX_MIN_ROWS",
+    "NewMemories",
+    "delete",
+    "delete_where",
+    "rotate",
+    "set_expiry",
+    "store",
+    "update",
+]
 
 # A load of at least this many rows into a collection smaller than the load drops the
 # collection's HNSW index and builds it once at the end: a parallel build costs ~0.2 ms a row,
@@ -177,7 +186,7 @@ def store(
         collection_size = yield from bounded_count(scope, _ALL, incoming, live=False)
         yield from execute(final=True)
         if collection_size < incoming:
-            body = deferred(scope.info, body)
+            body = deferred(scope.info, body, collection_size + incoming)
     ids = yield from body
     planner.changed_rows(incoming)
     return ids
@@ -218,6 +227,28 @@ def update(
         params,
     )
     return (yield from fetch_one(query, final=True))
+
+
+def set_expiry(scope: Scope, row_ids: list[str], expires_at: datetime | None) -> Operation[int]:
+    """Set ``expires_at`` (None: never) of the scope's live memories among ``row_ids``: one UPDATE.
+
+    An expired memory stays expired (it is gone for every read already). ``updated_at`` is left
+    alone: the content did not change.
+    """
+    query = cached(
+        ("set expiry", scope.key),
+        lambda _: (
+            sa.update(memories)
+            .where(
+                scope.live(),
+                memories.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(memories.c.id.type))),
+            )
+            .values(expires_at=sa.bindparam("expires_at", type_=memories.c.expires_at.type))
+        ),
+        _ALL,
+        {**scope.params, "ids": row_ids, "expires_at": expires_at},
+    )
+    return int((yield from execute(query, final=True))[0].rowcount)
 
 
 def delete(scope: Scope, planner: Planner, row_id: str) -> Operation[bool]:

@@ -71,6 +71,33 @@ def test_store_with_a_given_id_uses_it_and_the_same_id_replaces(make_api) -> Non
     assert best.id == given and best.score == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("size", [2, 300])  # INSERT, COPY
+def test_updated_at_is_created_at_until_the_memory_is_replaced_or_updated(make_api, size: int) -> None:
+    api = make_api()
+    ids = [str(uuid.uuid4()) for _ in range(size)]
+    api.store_batch([f"version one {i}" for i in range(size)], ids=ids)
+    first = api.get(ids[-1])
+    assert first is not None and first.updated_at == first.created_at
+    assert all(m.updated_at == m.created_at for m in api.list(limit=size))
+
+    api.store_batch([f"version two {i}" for i in range(size)], ids=ids)
+    replaced = api.get(ids[-1])
+    assert replaced is not None and replaced.text == f"version two {size - 1}"
+    assert replaced.created_at == first.created_at
+    assert replaced.updated_at is not None and replaced.updated_at > first.created_at
+
+    updated = api.update(ids[-1], metadata={"seen": True})
+    assert updated.created_at == first.created_at
+    assert updated.updated_at is not None and updated.updated_at > replaced.updated_at
+    assert api.get(ids[-1]) == updated
+    ranked = api.retrieve(f"version two {size - 1}", top_k=1)[0]
+    assert (ranked.id, ranked.created_at, ranked.updated_at) == (
+        ids[-1],
+        updated.created_at,
+        updated.updated_at,
+    )
+
+
 def test_store_converts_datetimes_in_metadata_to_iso_strings(make_api) -> None:
     api = make_api()
     when = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
@@ -353,9 +380,20 @@ def test_database_url_reaches_the_rows(make_api) -> None:
 
 def test_memory_is_a_frozen_dataclass_with_the_documented_fields() -> None:
     names = [f.name for f in dataclasses.fields(Memory)]
-    assert names == ["id", "text", "metadata", "score", "created_at", "collection", "embedding", "expires_at"]
+    assert names == [
+        "id",
+        "text",
+        "metadata",
+        "score",
+        "created_at",
+        "collection",
+        "updated_at",
+        "embedding",
+        "expires_at",
+    ]
     memory = Memory(id="x", text="t")
     assert (memory.metadata, memory.score, memory.created_at, memory.collection) == ({}, None, None, "")
+    assert memory.updated_at is None
     assert (memory.embedding, memory.expires_at) == (None, None)  # filled by list(include_embeddings=True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         memory.text = "changed"  # type: ignore[misc]

@@ -57,6 +57,42 @@ def test_ttl_must_be_a_positive_timedelta(make_api, bad):
     assert api.count() == 0
 
 
+def test_set_ttl_moves_the_expiry_of_live_memories_only(make_api, database_url):
+    api = make_api("ttl_set")
+    a, b, c = api.store_batch(["first note", "second note", "third note"], ttl=timedelta(minutes=5))
+    other = make_api("ttl_set_other").store("another collection's note")
+    gone = api.store("expired note", ttl=timedelta(minutes=5))
+    expire(database_url, [gone])
+    updated_before = api.get(a).updated_at
+
+    def expiry(i: str) -> datetime | None:
+        return sql_value(
+            database_url, "SELECT expires_at FROM memorix.memories WHERE id = %s", (uuid.UUID(i),)
+        )
+
+    before = datetime.now(UTC)
+    assert api.set_ttl([a, b, gone, other, str(uuid.uuid4())], timedelta(hours=2)) == 2
+    after = datetime.now(UTC)
+    for i in (a, b):
+        assert before + timedelta(hours=2) <= expiry(i) <= after + timedelta(hours=2)
+    assert expiry(c) < before + timedelta(minutes=6)  # not named: unchanged
+    assert expiry(gone) < datetime.now(UTC) and api.get(gone) is None  # an expired memory stays expired
+    assert expiry(other) is None  # another collection's memory is not touched
+    assert api.get(a).updated_at == updated_before  # the content did not change
+
+    assert api.set_ttl([c], None) == 1 and expiry(c) is None
+    assert api.set_ttl([], timedelta(hours=1)) == 0
+    with pytest.raises(InvalidInput, match="ttl"):
+        api.set_ttl([a], timedelta(0))
+    with pytest.raises(InvalidInput, match=r"ids\[1\]"):
+        api.set_ttl([a, "not-an-id"], timedelta(hours=1))
+    with pytest.raises(InvalidInput, match="ids"):
+        api.set_ttl(a, timedelta(hours=1))
+    assert (
+        before + timedelta(hours=2) <= expiry(a) <= after + timedelta(hours=2)
+    )  # the bad calls wrote nothing
+
+
 def test_expired_memories_are_never_returned_or_counted_and_purge_deletes_them(make_api, database_url):
     api = make_api("ttl_live")
     keep = api.store("kubernetes deployment notes, permanent", {"type": "knowledge", "k": 1})

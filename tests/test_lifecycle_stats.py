@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memorix_pg import MemoryAPI
+from memorix_pg import FilterError, MemoryAPI
 from tests.support.helpers import unit_vectors
 from tests.support.lifecycle import captured_sql, expire, session_tz, set_created_at, sql
 
@@ -55,6 +55,20 @@ def _analytics_data(n: int = 240) -> tuple[list[str], list[dict[str, Any]], np.n
         texts.append(f"analytics memory {i}")
         metas.append(meta)
     return texts, metas, unit_vectors(n, seed=11)
+
+
+def test_stats_count_only_the_memories_matching_the_filter(make_api):
+    api = make_api("stats_filtered")
+    api.store_batch(
+        [f"note {i}" for i in range(7)],
+        [{"type": "a" if i % 2 else "b", "user": "u1" if i < 4 else "u2"} for i in range(7)],
+    )
+    assert api.stats("type", {"user": "u1"}) == {"total": 4, "groups": {"a": 2, "b": 2}}
+    assert api.stats("type", {"user": "u2", "type": "b"}) == {"total": 2, "groups": {"b": 2}}
+    assert api.stats(filter={"user": "u2"}) == {"total": 3, "groups": {}}
+    assert api.stats("type", {"user": "nobody"}) == {"total": 0, "groups": {}}
+    with pytest.raises(FilterError, match=r"\$bogus"):
+        api.stats("type", {"user": {"$bogus": 1}})
 
 
 def test_stats_match_the_seeds_analytics_and_the_views(make_api, database_url, monkeypatch):

@@ -25,6 +25,26 @@ def test_cursor_paging_visits_every_memory_once_in_order(make_api) -> None:
     assert [m.id for m in api.list({"i": {"$lt": 10}}, limit=3, offset=2, order="oldest")] == ids[2:5]
 
 
+def test_updated_order_puts_the_last_replaced_or_updated_memory_first(make_api) -> None:
+    api = make_api("by_update", embedder="hash-16")
+    ids = api.store_batch([f"m{i}" for i in range(6)], [{"i": i} for i in range(6)])
+    assert [m.id for m in api.list(order="updated")] == ids[::-1]  # never changed: creation order
+    api.update(ids[1], metadata={"touched": 1})
+    api.store("m4 again", {"i": 4}, id=ids[4])
+    expected = [ids[4], ids[1], ids[5], ids[3], ids[2], ids[0]]
+    assert [m.id for m in api.list(order="updated")] == expected
+    assert [m.id for m in api.list(order="newest")] == ids[::-1]  # creation order is unchanged
+    assert [m.id for m in api.list({"i": {"$gte": 2}}, limit=2, offset=1, order="updated")] == [
+        ids[5],
+        ids[3],
+    ]
+    seen, cursor = [], None
+    while page := api.list(limit=4, cursor=cursor, order="updated"):
+        seen += [m.id for m in page]
+        cursor = page[-1].id
+    assert seen == expected
+
+
 def test_include_embeddings_returns_the_stored_vectors(make_api) -> None:
     api = make_api("with_vectors", embedder="hash-16")
     vectors = unit_vectors(5, dim=16, seed=2)

@@ -74,7 +74,7 @@ def archive(
     yield from execute(final=True)
     body = _move(scope, f, target)
     if moving >= DEFER_INDEX_MIN_ROWS and target_rows < moving:
-        body = deferred(target, body)
+        body = deferred(target, body, target_rows + moving)  # at least that many: the count is bounded
     moved = yield from body
     planner.changed_rows(moved)
     target_planner.changed_rows(moved)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ..errors import InvalidInput
 from ..models import memories
 from ..scope import Scope
-from ..statements import adhoc
+from ..statements import Filter, adhoc
 from ..steps import Operation, fetch_all
 
 __all__ = ["fold_groups", "group_count_query", "group_counts"]
@@ -52,7 +52,7 @@ def fold_groups(rows: Iterable[tuple[Any, Any]]) -> dict[Any, int]:
     return groups
 
 
-def group_counts(scope: Scope, group_by: str) -> Operation[dict[Any, int]]:
-    """``{value: count}`` of the scope's live memories by metadata key ``group_by``."""
-    stmt = group_count_query(scope.live(), group_by)
+def group_counts(scope: Scope, group_by: str, f: Filter | None = None) -> Operation[dict[Any, int]]:
+    """``{value: count}`` of the scope's live memories (matching ``f``) by metadata key ``group_by``."""
+    stmt = group_count_query(scope.live(f), group_by)
     return fold_groups((yield from fetch_all(adhoc(stmt, scope.params), final=True)))
