@@ -1,0 +1,1 @@
+"""Adapters that plug memorix-pg into agent frameworks (each needs its optional extra)."""
