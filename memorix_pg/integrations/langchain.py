@@ -414,6 +414,14 @@ class MemorixVectorStore(VectorStore):
                 await api.delete(id)
         return True
 
+    def reset_collection(self) -> None:
+        """Delete every document; the collection (its embedder and distance) stays, ready for more.
+        mem0's ``Memory.reset()`` calls this."""
+        self._sync_api().delete_by_filter({})
+
+    async def areset_collection(self) -> None:
+        await (await self._async_api()).delete_by_filter({})
+
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents with these ids, in the order asked, once each; missing ids are left out."""
         api = self._sync_api()
