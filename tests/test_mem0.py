@@ -153,3 +153,15 @@ def test_mem0_wrote_only_in_temp_dirs(memory: Any, mem0_home: Path, tmp_path: Pa
     _add(memory, "Works night shifts", "frank")
     assert (tmp_path / "history.db").is_file()
     assert {p.name for p in mem0_home.iterdir()} <= {"config.json"}
+
+
+def test_memorix_filter_operators_pass_through_mem0_search(memory: Any) -> None:
+    for n in range(4):
+        memory.add(
+            [{"role": "user", "content": f"Reminder number {n}"}],
+            user_id="gus",
+            metadata={"n": n},
+            infer=False,
+        )
+    hits = memory.search("reminder", filters={"user_id": "gus", "n": {"$gte": 2}}, threshold=0.0)["results"]
+    assert sorted(h["metadata"]["n"] for h in hits) == [2, 3]
