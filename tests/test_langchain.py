@@ -334,6 +334,8 @@ def test_bad_documents_are_refused_before_anything_is_embedded_or_written(
     store = make_store()
     with pytest.raises(InvalidInput, match=r"texts\[1\] is empty"):
         store.add_texts(["fine", "  "])
+    with pytest.raises(InvalidInput, match="one str"):
+        store.add_texts("fine")
     with pytest.raises(InvalidInput, match="metadatas has 1 items"):
         store.add_texts(["a", "b"], [{}])
     with pytest.raises(InvalidInput, match="repeats"):

@@ -290,6 +290,8 @@ class MemorixVectorStore(VectorStore):
         unknown = sorted(set(kwargs) - {"ttl"})
         if unknown:
             raise TypeError(f"add_texts() got unexpected keyword arguments {', '.join(map(repr, unknown))}")
+        if isinstance(texts, str):
+            raise InvalidInput("texts must be a list of str, got one str")
         text_list = list(texts)
         for i, text in enumerate(text_list):
             check_text(text, f"texts[{i}]")  # before paying for the embedding of a batch that fails
