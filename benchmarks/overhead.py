@@ -82,7 +82,8 @@ class HandWritten:
             "SELECT {columns}, n.d FROM (SELECT id, d FROM "
             "(SELECT id, embedding::vector({dim}) <=> %(q)s AS d "
             "FROM memorix.memories WHERE {live} {filter} ORDER BY embedding::vector({dim}) <=> %(q)s "
-            "LIMIT 40) w ORDER BY d + 0 LIMIT 10) n JOIN memorix.memories m ON m.id = n.id ORDER BY n.d"
+            "LIMIT 40) w ORDER BY d + 0 LIMIT 10) n "
+            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.id = n.id ORDER BY n.d"
         )
         self.direct_sql = statement(
             "SELECT id, text, metadata, created_at, embedding::vector({dim}) <=> %(q)s AS d "
@@ -92,7 +93,7 @@ class HandWritten:
         self.exact_sql = statement(
             "SELECT {columns}, n.d FROM (SELECT id, embedding::vector({dim}) <=> %(q)s AS d "
             "FROM memorix.memories WHERE {live} AND metadata @> %(doc)s OFFSET 0) n "
-            "JOIN memorix.memories m ON m.id = n.id ORDER BY n.d LIMIT 10"
+            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.id = n.id ORDER BY n.d LIMIT 10"
         )
 
     def get(self, row_id: str) -> Any:
@@ -105,7 +106,7 @@ class HandWritten:
         return self.conn.execute(self.delete_sql, [row_id], prepare=True).rowcount
 
     def store(self, text: str, vector: np.ndarray) -> Any:
-        params = [uuid.uuid4(), text, vector, Jsonb({}), b"x"]
+        params = [str(uuid.uuid4()), text, vector, Jsonb({}), b"x"]
         return self.conn.execute(self.store_sql, params, prepare=True).rowcount
 
     def walk(self, q: np.ndarray, doc: dict[str, Any] | None, ef: int) -> Any:

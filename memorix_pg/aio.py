@@ -13,6 +13,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
@@ -171,12 +172,15 @@ class AsyncMemoryAPI:
         self,
         text: str,
         metadata: Mapping[str, Any] | None = None,
-        id: str | None = None,
+        id: str | UUID | None = None,
         *,
         ttl: timedelta | None = None,
         dedupe: bool | None = None,
     ) -> str:
-        """Store one memory and return its id (a UUID string). An existing id is replaced.
+        """Store one memory and return its id. An existing id of the collection is replaced.
+
+        ``id`` is any non-empty string of up to 512 characters without NUL (a ``uuid.UUID``
+        becomes its string), kept exactly as given; without one, a new UUID4 string is made.
 
         ``ttl`` makes it expire; with ``dedupe`` an identical text already in the collection
         is not stored again and its id is returned.
@@ -195,7 +199,7 @@ class AsyncMemoryAPI:
         self,
         texts: Sequence[str],
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-        ids: Sequence[str] | None = None,
+        ids: Sequence[str | UUID] | None = None,
         embeddings: Sequence[Sequence[float]] | npt.NDArray[np.floating[Any]] | None = None,
         *,
         ttl: timedelta | None = None,
@@ -221,7 +225,7 @@ class AsyncMemoryAPI:
         when ``text`` is given, replace the text and its embedding. Returns the updated memory."""
         return await self._run(self._core.update(id, text, metadata))
 
-    async def delete(self, id: str) -> bool:
+    async def delete(self, id: str | UUID) -> bool:
         """Delete one memory; False when it did not exist."""
         return await self._run(self._core.delete(id))
 
@@ -231,7 +235,7 @@ class AsyncMemoryAPI:
 
     # -- reading --------------------------------------------------------------------------
 
-    async def get(self, id: str) -> Memory | None:
+    async def get(self, id: str | UUID) -> Memory | None:
         return await self._run(self._core.get(id))
 
     async def list(
@@ -239,7 +243,7 @@ class AsyncMemoryAPI:
         filter: Mapping[str, Any] | None = None,
         limit: int = 100,
         *,
-        cursor: str | None = None,
+        cursor: str | UUID | None = None,
         offset: int = 0,
         order: str = "newest",
         include_embeddings: bool = False,

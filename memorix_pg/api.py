@@ -10,6 +10,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
@@ -158,12 +159,15 @@ class MemoryAPI:
         self,
         text: str,
         metadata: Mapping[str, Any] | None = None,
-        id: str | None = None,
+        id: str | UUID | None = None,
         *,
         ttl: timedelta | None = None,
         dedupe: bool | None = None,
     ) -> str:
-        """Store one memory and return its id (a UUID string). An existing id is replaced.
+        """Store one memory and return its id. An existing id of the collection is replaced.
+
+        ``id`` is any non-empty string of up to 512 characters without NUL (a ``uuid.UUID``
+        becomes its string), kept exactly as given; without one, a new UUID4 string is made.
 
         ``ttl`` makes it expire; with ``dedupe`` an identical text already in the collection
         is not stored again and its id is returned.
@@ -180,7 +184,7 @@ class MemoryAPI:
         self,
         texts: Sequence[str],
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-        ids: Sequence[str] | None = None,
+        ids: Sequence[str | UUID] | None = None,
         embeddings: Sequence[Sequence[float]] | npt.NDArray[np.floating[Any]] | None = None,
         *,
         ttl: timedelta | None = None,
@@ -199,12 +203,14 @@ class MemoryAPI:
             self._core.store_batch(texts, metadatas, ids, embeddings, ttl, dedupe, progress, created_at)
         )
 
-    def update(self, id: str, text: str | None = None, metadata: Mapping[str, Any] | None = None) -> Memory:
+    def update(
+        self, id: str | UUID, text: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Memory:
         """Merge ``metadata`` into the stored metadata (a key set to None is removed) and,
         when ``text`` is given, replace the text and its embedding. Returns the updated memory."""
         return self._run(self._core.update(id, text, metadata))
 
-    def delete(self, id: str) -> bool:
+    def delete(self, id: str | UUID) -> bool:
         """Delete one memory; False when it did not exist."""
         return self._run(self._core.delete(id))
 
@@ -214,7 +220,7 @@ class MemoryAPI:
 
     # -- reading --------------------------------------------------------------------------
 
-    def get(self, id: str) -> Memory | None:
+    def get(self, id: str | UUID) -> Memory | None:
         return self._run(self._core.get(id))
 
     def list(
@@ -222,7 +228,7 @@ class MemoryAPI:
         filter: Mapping[str, Any] | None = None,
         limit: int = 100,
         *,
-        cursor: str | None = None,
+        cursor: str | UUID | None = None,
         offset: int = 0,
         order: str = "newest",
         include_embeddings: bool = False,

@@ -233,7 +233,12 @@ def models(export_now: bool, embedder: str) -> None:
 @main.command()
 @click.argument("text")
 @click.option("--metadata", "-m", default=None, help="Metadata as a JSON object.")
-@click.option("--id", "memory_id", default=None, help="Memory id (UUID); replaces an existing one.")
+@click.option(
+    "--id",
+    "memory_id",
+    default=None,
+    help="Memory id, any string (default: a new UUID); replaces that memory.",
+)
 @database_option
 @collection_option
 @embedder_option

@@ -9,11 +9,11 @@ lifecycle), written once for both.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
@@ -37,11 +37,12 @@ from .validation import (
     check_batch_lengths,
     check_collection_name,
     check_embedding,
+    check_id,
     check_tenant,
     check_text,
     check_timestamp,
     clean_metadata,
-    parse_id,
+    new_id,
 )
 from .vector_index import (
     CollectionInfo,
@@ -224,7 +225,7 @@ class Core:
         """A result row (id, text, metadata, created_at, ...) as the caller sees it."""
         row_id = row[0]
         return Memory(
-            id=str(row_id),
+            id=row_id,
             text=self.sealer.open_text(row_id, row[1]),
             metadata=self.sealer.open_metadata(row_id, dict(row[2])),
             score=score,
@@ -243,7 +244,7 @@ class Core:
         self,
         texts: Sequence[str],
         metadatas: Sequence[Mapping[str, Any] | None] | None,
-        ids: Sequence[str] | None,
+        ids: Sequence[str | UUID] | None,
         embeddings: Sequence[Sequence[float]] | npt.NDArray[np.floating[Any]] | None,
         ttl: timedelta | None,
         dedupe: bool | None,
@@ -263,13 +264,11 @@ class Core:
         clean_metas = [
             clean_metadata(m, f"metadatas[{i}]") for i, m in enumerate(metadatas or [None] * len(texts))
         ]
-        row_ids = (
-            [parse_id(v, f"ids[{i}]") for i, v in enumerate(ids)] if ids else [uuid.uuid4() for _ in texts]
-        )
-        first: dict[uuid.UUID, int] = {}
+        row_ids = [check_id(v, f"ids[{i}]") for i, v in enumerate(ids)] if ids else [new_id() for _ in texts]
+        first: dict[str, int] = {}
         for i, row_id in enumerate(row_ids):
             if (j := first.setdefault(row_id, i)) != i:
-                raise InvalidInput(f"ids[{i}] repeats ids[{j}] ({row_id}): the same id more than once")
+                raise InvalidInput(f"ids[{i}] repeats ids[{j}] ({row_id!r:.80}): the same id more than once")
         vectors = (
             np.stack(
                 [check_embedding(e, self.embedding.dim, f"embeddings[{i}]") for i, e in enumerate(embeddings)]
@@ -293,12 +292,12 @@ class Core:
             stored = yield from writes.store(
                 scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
             )
-            return [str(r) for r in stored]
+            return stored
 
         return self._call(body)
 
-    def update(self, id: str, text: str | None, metadata: Mapping[str, Any] | None) -> Call[Memory]:
-        row_id = parse_id(id)
+    def update(self, id: str | UUID, text: str | None, metadata: Mapping[str, Any] | None) -> Call[Memory]:
+        row_id = check_id(id)
         patch = clean_metadata(metadata)
         removed = [k for k, v in patch.items() if v is None]
         kept = self.sealer.seal_metadata(row_id, {k: v for k, v in patch.items() if v is not None})
@@ -315,13 +314,13 @@ class Core:
                 )
             row = yield from writes.update(scope, row_id, kept, removed, replacement)
             if row is None:
-                raise MemoryNotFound(f"no memory with id {id} in collection {self.collection_name!r}")
+                raise MemoryNotFound(f"no memory with id {row_id!r} in collection {self.collection_name!r}")
             return self.memory(row)
 
         return self._call(body)
 
-    def delete(self, id: str) -> Call[bool]:
-        row_id = parse_id(id)
+    def delete(self, id: str | UUID) -> Call[bool]:
+        row_id = check_id(id)
         return self._call(lambda scope: writes.delete(scope, self.planner, row_id))
 
     def delete_by_filter(self, filter: Mapping[str, Any]) -> Call[int]:
@@ -336,8 +335,8 @@ class Core:
 
     # -- reading ------------------------------------------------------------------------
 
-    def get(self, id: str) -> Call[Memory | None]:
-        row_id = parse_id(id)
+    def get(self, id: str | UUID) -> Call[Memory | None]:
+        row_id = check_id(id)
 
         def body(scope: Scope) -> Operation[Memory | None]:
             rows = yield from reads.get(scope, row_id)
@@ -349,7 +348,7 @@ class Core:
         self,
         filter: Mapping[str, Any] | None,
         limit: int,
-        cursor: str | None,
+        cursor: str | UUID | None,
         offset: int,
         order: str,
         include_embeddings: bool,
@@ -358,7 +357,7 @@ class Core:
         _check_int(offset, "offset", 0, MAX_TOP_K)
         if order not in reads.ORDERS:
             raise InvalidInput(f"order must be one of {', '.join(map(repr, reads.ORDERS))}, got {order!r}")
-        after = parse_id(cursor, "cursor") if cursor is not None else None
+        after = check_id(cursor, "cursor") if cursor is not None else None
         f = self._where(filter)
 
         def body(scope: Scope) -> Operation[list[Memory]]:
@@ -478,7 +477,7 @@ class Core:
             rows = yield from lifecycle.find_duplicates(scope, threshold, limit, neighbours)
             open_text = self.sealer.open_text
             return [
-                lifecycle.DuplicatePair(str(a), str(b), float(s), open_text(a, ta), open_text(b, tb))
+                lifecycle.DuplicatePair(a, b, float(s), open_text(a, ta), open_text(b, tb))
                 for a, b, s, ta, tb in rows
             ]
 

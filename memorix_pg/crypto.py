@@ -2,10 +2,13 @@
 
 The server stores ``mxenc1:<base64 nonce+ciphertext>`` and never sees the plaintext or the
 key. Each value is bound to its memory id (AES-GCM associated data), so a ciphertext copied
-onto another row does not decrypt. Embeddings are computed from the plaintext and stored as
-they are: similarity search keeps working, and an embedding reveals something about its
-text; that trade is the point. The content hash used for dedup is an HMAC under a key derived
-from the encryption key, so identical texts can still be found without exposing a plain hash.
+onto a row of another id does not decrypt. An id that is a canonical UUID string is bound by
+its 16 bytes, as when every id was a UUID, so rows written then still decrypt; any other id by
+its UTF-8 bytes, in a form that never equals a UUID's (see ``TextCipher._aad``). Embeddings
+are computed from the plaintext and stored as they are: similarity search keeps working, and an
+embedding reveals something about its text; that trade is the point. The content hash used for
+dedup is an HMAC under a key derived from the encryption key, so identical texts can still be
+found without exposing a plain hash.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -70,12 +74,12 @@ class TextCipher:
     def _derive(master: bytes, purpose: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(master)
 
-    def encrypt(self, plaintext: str, memory_id: uuid.UUID, field: str = "") -> str:
+    def encrypt(self, plaintext: str, memory_id: str, field: str = "") -> str:
         nonce = os.urandom(_NONCE)
         sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), self._aad(memory_id, field))
         return PREFIX + base64.b64encode(nonce + sealed).decode()
 
-    def decrypt(self, stored: str, memory_id: uuid.UUID, field: str = "") -> str:
+    def decrypt(self, stored: str, memory_id: str, field: str = "") -> str:
         """The plaintext; a value without the prefix (stored before encryption was on) is returned as is."""
         if not stored.startswith(PREFIX):
             return stored
@@ -89,11 +93,11 @@ class TextCipher:
                 f"{self.key_id}: the key is wrong, or the stored value was altered"
             ) from None
 
-    def encrypt_value(self, value: Any, memory_id: uuid.UUID, field: str) -> str:
+    def encrypt_value(self, value: Any, memory_id: str, field: str) -> str:
         """A metadata value (any JSON) as ciphertext; filters can no longer look inside it."""
         return self.encrypt(json.dumps(value), memory_id, field)
 
-    def decrypt_value(self, stored: Any, memory_id: uuid.UUID, field: str) -> Any:
+    def decrypt_value(self, stored: Any, memory_id: str, field: str) -> Any:
         if not isinstance(stored, str) or not stored.startswith(PREFIX):
             return stored
         return json.loads(self.decrypt(stored, memory_id, field))
@@ -102,8 +106,34 @@ class TextCipher:
         return hmac.new(self._mac_key, text.encode("utf-8"), hashlib.sha256).digest()
 
     @staticmethod
-    def _aad(memory_id: uuid.UUID, field: str) -> bytes:
-        return memory_id.bytes + field.encode("utf-8")
+    def _aad(memory_id: str, field: str) -> bytes:
+        """The associated data binding a value to its memory (and metadata key).
+
+        A canonical UUID string gives its 16 bytes followed by the field, exactly what every row
+        was bound to while ids were UUIDs. Any other id gives ``_STRING_ID`` (16 bytes), then
+        0xFF, the id's length and UTF-8 bytes, then the field: byte 16 of a UUID's associated
+        data starts a UTF-8 field name and can never be 0xFF, and the length keeps id and field
+        apart, so no two (id, field) pairs share associated data.
+        """
+        uuid_bytes = _canonical_uuid_bytes(memory_id)
+        if uuid_bytes is not None:
+            return uuid_bytes + field.encode("utf-8")
+        encoded = memory_id.encode("utf-8")
+        return _STRING_ID + b"\xff" + struct.pack(">I", len(encoded)) + encoded + field.encode("utf-8")
+
+
+_STRING_ID = b"memorix-pg strid"  # 16 bytes, as long as a UUID
+
+
+def _canonical_uuid_bytes(memory_id: str) -> bytes | None:
+    """The UUID's bytes when ``memory_id`` is a UUID in canonical form (lowercase, hyphenated)."""
+    if len(memory_id) != 36:
+        return None
+    try:
+        parsed = uuid.UUID(memory_id)
+    except ValueError:
+        return None
+    return parsed.bytes if str(parsed) == memory_id else None
 
 
 def _field_paths(filter: object) -> Iterator[str]:
@@ -138,10 +168,10 @@ class Sealer:
             return self.cipher.content_hash(text)
         return hashlib.sha256(text.encode("utf-8")).digest()
 
-    def seal_text(self, row_id: uuid.UUID, text: str) -> str:
+    def seal_text(self, row_id: str, text: str) -> str:
         return self.cipher.encrypt(text, row_id) if self.cipher is not None else text
 
-    def seal_metadata(self, row_id: uuid.UUID, metadata: dict[str, Any]) -> dict[str, Any]:
+    def seal_metadata(self, row_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
         cipher = self.cipher
         if cipher is None or not self.encrypted_keys:
             return metadata
@@ -150,10 +180,10 @@ class Sealer:
             for k, v in metadata.items()
         }
 
-    def open_text(self, row_id: uuid.UUID, stored: str) -> str:
+    def open_text(self, row_id: str, stored: str) -> str:
         return self.cipher.decrypt(stored, row_id) if self.cipher is not None else stored
 
-    def open_metadata(self, row_id: uuid.UUID, metadata: dict[str, Any]) -> dict[str, Any]:
+    def open_metadata(self, row_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
         cipher = self.cipher
         if cipher is None or not self.encrypted_keys:
             return metadata

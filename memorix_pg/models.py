@@ -4,7 +4,8 @@ The migrations in ``migrations/`` own the schema; these classes describe it for 
 One ``memories`` table holds every collection. Its ``embedding`` column is an untyped
 ``vector`` so collections may use embedders of different dimensions; a collection created
 with ``precision="half"`` stores its vectors in ``embedding_half`` (``halfvec``, half the
-bytes) instead, and each row fills exactly one of the two. Each collection gets its own
+bytes) instead, and each row fills exactly one of the two. A memory's id is an opaque string,
+unique within its collection: the primary key is ``(collection_id, id)``. Each collection gets its own
 partial HNSW index over ``embedding::vector(dim)`` or ``embedding_half::halfvec(dim)`` (see
 :mod:`memorix_pg.vector_index`), which keeps a small collection's search exact and a large
 one's fast.
@@ -12,7 +13,6 @@ one's fast.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     func,
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy import (
     text as sql_text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "memorix"
@@ -71,6 +72,8 @@ class MemoryRecord(Base):
 
     __tablename__ = "memories"
     __table_args__ = (
+        # Ids are unique per collection: the same id may name memories of two collections.
+        PrimaryKeyConstraint("collection_id", "id", name="memories_pkey"),
         Index("memories_collection_created_idx", "collection_id", "created_at"),
         Index("memories_collection_hash_idx", "collection_id", "content_hash"),
         Index(
@@ -90,7 +93,8 @@ class MemoryRecord(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    # Compared byte by byte (collation "C"): ids are opaque keys, ordered the same on every server.
+    id: Mapped[str] = mapped_column(Text(collation="C"), nullable=False)
     collection_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False
     )

@@ -284,15 +284,18 @@ def _settings(ef: int | None, iterative: bool = True) -> tuple[tuple[str, str], 
     )
 
 
-def _with_columns(nearest: sa.Subquery, *extra: sa.ColumnElement[Any]) -> sa.Select[Any]:
-    """The result columns of the ``nearest`` rows (ids and distances), joined by primary key.
+def _with_columns(
+    info: CollectionInfo, nearest: sa.Subquery, *extra: sa.ColumnElement[Any]
+) -> sa.Select[Any]:
+    """The result columns of the ``nearest`` rows (ids and distances), joined by primary key
+    (collection and id: the same id may name a memory of another collection).
 
     Ranking carries only ids and distances: a search reads the text and metadata of k rows, not
     of every row it ranks (fetching them for the 4k rows of a walk cost ~0.7 ms at k=10).
     """
     return (
         sa.select(*_RESULT_COLUMNS, nearest.c.distance, *extra)
-        .join_from(nearest, memories, memories.c.id == nearest.c.id)
+        .join_from(nearest, memories, sa.and_(collection_predicate(info), memories.c.id == nearest.c.id))
         .order_by(nearest.c.distance)
     )
 
@@ -305,7 +308,7 @@ def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.
         .subquery("matching")
     )
     nearest = sa.select(matching).order_by(matching.c.distance).limit(sa.bindparam("k")).subquery("nearest")
-    return _with_columns(nearest, nearest.c.total)
+    return _with_columns(info, nearest, nearest.c.total)
 
 
 def _direct_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
@@ -333,7 +336,7 @@ def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.S
     # relaxed_order returns the matches only roughly by distance. Sorting by ``distance + 0``
     # keeps PostgreSQL from taking the walk's order as exact and dropping the sort.
     nearest = sa.select(walk).order_by(walk.c.distance + 0.0).limit(sa.bindparam("k")).subquery("nearest")
-    return _with_columns(nearest)
+    return _with_columns(info, nearest)
 
 
 Rows = list[tuple[Any, ...]]

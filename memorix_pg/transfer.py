@@ -9,7 +9,6 @@ one transaction, and upsert by id: re-running an interrupted import loses and du
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigurationError, InvalidInput
-from .validation import check_embedding, check_text, check_timestamp, clean_metadata, parse_id
+from .validation import check_embedding, check_id, check_text, check_timestamp, clean_metadata, new_id
 
 if TYPE_CHECKING:
     from .api import MemoryAPI
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["ImportedCollection", "export_jsonl", "import_chroma", "import_jsonl"]
 
 CHUNK = 2000
-# Chroma ids are free-form strings; memorix ids are UUIDs derived from them (and the original kept).
-CHROMA_NAMESPACE = uuid.UUID("6f1c2b1e-8a53-4c7e-9f0a-3f1c5d7e9b21")
 
 
 def export_jsonl(
@@ -139,15 +136,15 @@ def import_jsonl(api: MemoryAPI, path: str | Path, progress: bool = False) -> in
 
 def _check_lines(api: MemoryAPI, path: Path, lines: list[_Line]) -> None:
     """Every check store_batch makes, on every line, before the first chunk is written."""
-    seen: dict[uuid.UUID, int] = {}
+    seen: dict[str, int] = {}
     for line in lines:
         where = f"{path}:{line.number}:"
         check_text(line.text, f"{where} text")
         clean_metadata(line.metadata, f"{where} metadata")
         if line.id is not None:
-            row_id = parse_id(line.id, f"{where} id")
+            row_id = check_id(line.id, f"{where} id")
             if (first := seen.setdefault(row_id, line.number)) != line.number:
-                raise InvalidInput(f"{where} id {row_id} is also on line {first}")
+                raise InvalidInput(f"{where} id {row_id!r:.80} is also on line {first}")
         if line.embedding is not None:
             check_embedding(line.embedding, api.embedder.dim, f"{where} embedding")
         if line.created_at is not None:
@@ -159,7 +156,7 @@ def _store_lines(api: MemoryAPI, part: list[_Line]) -> int:
     if all(i is None for i in ids or ()):
         ids = None
     else:  # lines without an id get a new one; the others keep theirs
-        ids = [i if i is not None else str(uuid.uuid4()) for i in ids or ()]
+        ids = [i if i is not None else new_id() for i in ids or ()]
     vectors: list[Any] = [ln.embedding for ln in part]
     stamps: list[Any] = [ln.created_at for ln in part]
     api.store_batch(
@@ -192,8 +189,8 @@ def import_chroma(
     """Copy a Chroma persistent store (ids, documents, metadatas, embeddings; no re-embedding).
 
     ``collection`` picks one Chroma collection (default: all); ``to`` names the target
-    (default: the same name). Chroma ids become UUIDs (uuid5 of collection/id when they are
-    not UUIDs already) and the original is kept in metadata as ``chroma_id``.
+    (default: the same name). Chroma's ids are kept exactly as they are (ids are opaque strings
+    in both), so a re-run upserts instead of duplicating.
     """
     try:
         import chromadb
@@ -230,8 +227,8 @@ def import_chroma(
             if keep:
                 target.store_batch(
                     [page["documents"][i] for i in keep],
-                    [{**(page["metadatas"][i] or {}), "chroma_id": page["ids"][i]} for i in keep],
-                    ids=[_chroma_uuid(name, page["ids"][i]) for i in keep],
+                    [page["metadatas"][i] for i in keep],
+                    ids=[page["ids"][i] for i in keep],
                     embeddings=np.asarray(page["embeddings"], dtype=np.float32)[keep],
                 )
                 imported += len(keep)
@@ -241,13 +238,6 @@ def import_chroma(
             bar.close()
         results.append(ImportedCollection(name, to or name, imported, skipped))
     return results
-
-
-def _chroma_uuid(collection: str, chroma_id: str) -> str:
-    try:
-        return str(uuid.UUID(chroma_id))
-    except ValueError:
-        return str(uuid.uuid5(CHROMA_NAMESPACE, f"{collection}/{chroma_id}"))
 
 
 def _progress(enabled: bool, desc: str, total: int) -> Any:

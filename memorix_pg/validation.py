@@ -20,16 +20,18 @@ from .errors import InvalidInput
 
 __all__ = [
     "MAX_COLLECTION_NAME",
+    "MAX_ID_CHARS",
     "MAX_METADATA_DEPTH",
     "MAX_TEXT_BYTES",
     "check_collection_name",
     "check_embedding",
+    "check_id",
     "check_tenant",
     "check_text",
     "check_timestamp",
     "clean_metadata",
     "int_has_json_text",
-    "parse_id",
+    "new_id",
 ]
 
 # PostgreSQL stores up to 1 GB in a text value, but a memory is a message or a passage: 1 MiB
@@ -37,6 +39,9 @@ __all__ = [
 MAX_TEXT_BYTES = 1 << 20
 MAX_METADATA_DEPTH = 32
 MAX_COLLECTION_NAME = 512
+# Ids are opaque strings (as in Chroma and LangChain), unique within a collection; 512 characters
+# holds any UUID, URL or content hash a caller is likely to use as a key.
+MAX_ID_CHARS = 512
 
 
 def check_text(text: object, where: str = "text") -> str:
@@ -132,16 +137,30 @@ def clean_metadata(metadata: object, where: str = "metadata") -> dict[str, Any]:
     return cleaned
 
 
-def parse_id(value: object, where: str = "id") -> uuid.UUID:
-    """A memory id: a UUID or its string form."""
+def check_id(value: object, where: str = "id") -> str:
+    """A memory id: any non-empty ``str`` of up to ``MAX_ID_CHARS`` characters without NUL (or a lone
+    surrogate, which PostgreSQL text cannot hold either), kept exactly as given. A ``uuid.UUID``
+    becomes its canonical string."""
     if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            pass
-    raise InvalidInput(f"{where} {value!r} is not a UUID (memory ids are UUIDs, e.g. {uuid.uuid4()})")
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a str, got {type(value).__name__} {value!r:.80}")
+    if not value:
+        raise InvalidInput(f"{where} is empty; an id is a non-empty str")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInput(f"{where} is {len(value)} characters; the limit is {MAX_ID_CHARS}")
+    if "\x00" in value:
+        raise InvalidInput(
+            f"{where} {value!r:.80} contains a NUL character (\\x00), which PostgreSQL cannot store"
+        )
+    if _unencodable(value):
+        raise InvalidInput(f"{where} {value!r:.80} contains a lone surrogate and is not valid UTF-8")
+    return value
+
+
+def new_id() -> str:
+    """A generated id: a random UUID (version 4) as its canonical string."""
+    return str(uuid.uuid4())
 
 
 def check_embedding(value: object, dim: int, where: str = "embedding") -> npt.NDArray[np.float32]:

@@ -8,7 +8,6 @@ collection's HNSW index and builds it once at the end (vector_index.deferred).
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +51,7 @@ class NewMemories:
 
     texts: list[str]
     metadatas: list[dict[str, Any]]
-    ids: list[uuid.UUID]
+    ids: list[str]
     hashes: list[bytes]
     vectors: npt.NDArray[np.float32] | None
     created_at: list[datetime] | None
@@ -60,7 +59,7 @@ class NewMemories:
     upsert: bool
 
 
-def _first_new_positions(hashes: list[bytes], existing: dict[bytes, uuid.UUID]) -> list[int]:
+def _first_new_positions(hashes: list[bytes], existing: dict[bytes, str]) -> list[int]:
     """Positions of texts to write under dedupe: not stored yet, and first of their kind in the batch."""
     seen: set[bytes] = set()
     keep = []
@@ -71,7 +70,7 @@ def _first_new_positions(hashes: list[bytes], existing: dict[bytes, uuid.UUID]) 
     return keep
 
 
-def _lock_and_find_hashes(scope: Scope, hashes: list[bytes]) -> Operation[dict[bytes, uuid.UUID]]:
+def _lock_and_find_hashes(scope: Scope, hashes: list[bytes]) -> Operation[dict[bytes, str]]:
     """Serialise concurrent dedupe stores of the same texts, then find those already stored."""
     # One lock per (collection, first byte of the hash): at most 256 whatever the batch size,
     # which keeps PostgreSQL's shared lock table from filling up on a large batch.
@@ -91,7 +90,7 @@ def _lock_and_find_hashes(scope: Scope, hashes: list[bytes]) -> Operation[dict[b
         {**scope.params, "hashes": list(set(hashes))},
     )
     rows = (yield from execute(lock, find))[1].rows
-    found: dict[bytes, uuid.UUID] = {}
+    found: dict[bytes, str] = {}
     for digest, row_id in rows:
         found.setdefault(bytes(digest), row_id)
     return found
@@ -145,14 +144,14 @@ def _write(
 
 def _store(
     scope: Scope, new: NewMemories, sealer: Sealer, embedding: Embedding, dedupe: bool, progress: bool
-) -> Operation[list[uuid.UUID]]:
-    existing: dict[bytes, uuid.UUID] = {}
+) -> Operation[list[str]]:
+    existing: dict[bytes, str] = {}
     if dedupe:
         existing = yield from _lock_and_find_hashes(scope, new.hashes)
     keep = _first_new_positions(new.hashes, existing) if dedupe else list(range(len(new.texts)))
     result = [existing.get(h) or new.ids[i] for i, h in enumerate(new.hashes)]
     if dedupe:  # an in-batch repeat takes the id of its first occurrence
-        first_id: dict[bytes, uuid.UUID] = {}
+        first_id: dict[bytes, str] = {}
         for i, h in enumerate(new.hashes):
             result[i] = existing.get(h) or first_id.setdefault(h, new.ids[i])
     if keep:
@@ -170,7 +169,7 @@ def store(
     *,
     dedupe: bool,
     progress: bool = False,
-) -> Operation[list[uuid.UUID]]:
+) -> Operation[list[str]]:
     """Store the batch in one transaction: all of it, or nothing."""
     body = _store(scope, new, sealer, embedding, dedupe, progress)
     incoming = len(new.texts)
@@ -186,7 +185,7 @@ def store(
 
 def update(
     scope: Scope,
-    row_id: uuid.UUID,
+    row_id: str,
     kept: dict[str, Any],
     removed: list[str],
     text: tuple[str, npt.NDArray[np.float32], bytes] | None,
@@ -221,7 +220,7 @@ def update(
     return (yield from fetch_one(query, final=True))
 
 
-def delete(scope: Scope, planner: Planner, row_id: uuid.UUID) -> Operation[bool]:
+def delete(scope: Scope, planner: Planner, row_id: str) -> Operation[bool]:
     query = cached(
         ("delete", scope.key),
         lambda _: sa.delete(memories).where(scope.rows(), memories.c.id == sa.bindparam("id")),
@@ -266,8 +265,8 @@ def rotate(scope: Scope, old: Sealer, new: Sealer, batch: int) -> Operation[int]
     rewrite = Query(
         sql.SQL(
             "UPDATE {table} AS m SET text = u.text, metadata = u.metadata, content_hash = u.hash "
-            "FROM unnest(%(ids)s::uuid[], %(texts)s::text[], %(metas)s::jsonb[], %(hashes)s::bytea[]) "
-            "AS u(id, text, metadata, hash) WHERE m.id = u.id"
+            "FROM unnest(%(ids)s::text[], %(texts)s::text[], %(metas)s::jsonb[], %(hashes)s::bytea[]) "
+            "AS u(id, text, metadata, hash) WHERE m.collection_id = %(cid)s AND m.id = u.id"
         ).format(table=sql.Identifier(SCHEMA, "memories")),
     )
     for start in range(0, len(rows), batch):
@@ -278,7 +277,13 @@ def rotate(scope: Scope, old: Sealer, new: Sealer, batch: int) -> Operation[int]
             texts.append(new.seal_text(row_id, text))
             metas.append(Jsonb(new.seal_metadata(row_id, old.open_metadata(row_id, dict(metadata)))))
             hashes.append(new.content_hash(text))
-        params = {"ids": [r[0] for r in part], "texts": texts, "metas": metas, "hashes": hashes}
+        params = {
+            "ids": [r[0] for r in part],
+            "texts": texts,
+            "metas": metas,
+            "hashes": hashes,
+            "cid": scope.info.id,
+        }
         yield from execute(Query(rewrite.text, params))
     yield from execute(final=True)
     return len(rows)

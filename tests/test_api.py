@@ -125,7 +125,10 @@ INVALID_BATCHES = {
     "non-str metadata key": {"metadatas": [{}, {1: "x"}, {}]},
     "NaN embedding": {"embeddings": _nan_embeddings()},
     "wrong-dim embedding": {"embeddings": [*unit_vectors(2, HASH_DIM), unit_vectors(1, 100)[0]]},
-    "non-UUID id": {"ids": [str(uuid.uuid4()), "not-a-uuid", str(uuid.uuid4())]},
+    "empty id": {"ids": [str(uuid.uuid4()), "", str(uuid.uuid4())]},
+    "id not a str": {"ids": ["a", 7, "c"]},
+    "id too long": {"ids": ["a", "b" * 513, "c"]},
+    "NUL in id": {"ids": ["a", "b\x00", "c"]},
     "duplicated id": {"ids": [FIXED_ID, str(uuid.uuid4()), FIXED_ID]},
     "metadatas length": {"metadatas": [{}, {}]},
 }
@@ -146,13 +149,13 @@ def test_store_batch_with_one_invalid_item_writes_nothing(make_api, overrides: d
 
 @pytest.mark.parametrize("size", [2, 300, 6_000], ids=["insert", "copy", "copy-deferred-index"])
 def test_store_batch_rolls_back_when_the_database_rejects_one_row(make_api, size: int) -> None:
-    """An id owned by another collection is only found by the write itself: the rows written
-    before it must be rolled back (and a dropped-for-the-load HNSW index restored)."""
-    other = make_api("other")
+    """An id held by another tenant of the collection is only found by the write itself: the rows
+    written before it must be rolled back (and a dropped-for-the-load HNSW index restored)."""
+    other = make_api("shared", tenant="other")
     taken = other.store("belongs to other")
-    api = make_api("mine")
+    api = make_api("shared", tenant="mine")
     ids = [str(uuid.uuid4()) for _ in range(size - 1)] + [taken]
-    with pytest.raises(InvalidInput, match="another collection"):
+    with pytest.raises(InvalidInput, match=f"id '{taken}' .* another tenant"):
         api.store_batch([f"row {i}" for i in range(size)], ids=ids)
     assert api.count() == 0
     assert "USING hnsw" in (hnsw_indexdef(api) or "")
@@ -274,8 +277,10 @@ def test_update_of_an_unknown_id_raises_memory_not_found(make_api) -> None:
     with pytest.raises(MemoryNotFound) as excinfo:
         api.update(str(uuid.uuid4()), metadata={"x": 1})
     assert isinstance(excinfo.value, KeyError) and isinstance(excinfo.value, MemorixError)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(MemoryNotFound, match="'not-a-uuid'"):
         api.update("not-a-uuid", metadata={"x": 1})
+    with pytest.raises(InvalidInput, match="id is empty"):
+        api.update("", metadata={"x": 1})
 
 
 # -- get / delete / delete_by_filter / count ---------------------------------------------------
@@ -443,10 +448,11 @@ def test_collections_are_isolated(make_api) -> None:
     assert a.delete(b_id) is False
     with pytest.raises(MemoryNotFound):
         a.update(b_id, metadata={"owner": "a"})
-    with pytest.raises(InvalidInput):
-        a.store("hijack", id=b_id)
+    # Ids are unique per collection: the same id in another collection is another memory.
+    assert a.store("not a hijack", id=b_id) == b_id
+    assert a.get(b_id).text == "not a hijack"  # type: ignore[union-attr]
     assert b.get(b_id).metadata == {"owner": "b"}  # type: ignore[union-attr]
-    assert b.count() == 2
+    assert b.count() == 2 and a.count() == 2
 
 
 # -- the seed's filters ------------------------------------------------------------------------

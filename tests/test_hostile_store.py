@@ -78,13 +78,12 @@ STORE_CASES = [
     pytest.param(lambda a: a.store("x", {"n": 10**5000}), ["'n'", "digits"], id="meta-int-5001-digits"),
     pytest.param(lambda a: a.store("x", ["not", "a", "dict"]), ["dict", "list"], id="meta-list"),
     pytest.param(lambda a: a.store("x", "k=v"), ["dict", "str"], id="meta-str"),
-    pytest.param(lambda a: a.store("x", id="not-a-uuid"), ["'not-a-uuid'", "not a UUID"], id="id-not-uuid"),
-    pytest.param(lambda a: a.store("x", id=INJECTIONS[0]), ["not a UUID"], id="id-sql"),
-    pytest.param(lambda a: a.store("x", id=""), ["not a UUID"], id="id-empty"),
-    pytest.param(lambda a: a.store("x", id=123), ["123", "not a UUID"], id="id-int"),
-    pytest.param(
-        lambda a: a.store("x", id="12345678-1234-5678-1234-56781234567g"), ["not a UUID"], id="id-almost-uuid"
-    ),
+    pytest.param(lambda a: a.store("x", id=""), ["ids[0]", "empty"], id="id-empty"),
+    pytest.param(lambda a: a.store("x", id=123), ["ids[0]", "123", "str"], id="id-int"),
+    pytest.param(lambda a: a.store("x", id=b"raw"), ["ids[0]", "bytes"], id="id-bytes"),
+    pytest.param(lambda a: a.store("x", id="x" * 513), ["ids[0]", "513", "512"], id="id-513-chars"),
+    pytest.param(lambda a: a.store("x", id="a\x00b"), ["ids[0]", "NUL"], id="id-NUL"),
+    pytest.param(lambda a: a.store("x", id="\ud800"), ["ids[0]", "surrogate"], id="id-surrogate"),
     pytest.param(lambda a: a.store("x", ttl=dt.timedelta(seconds=-1)), ["ttl"], id="ttl-negative"),
     pytest.param(lambda a: a.store("x", ttl="1d"), ["ttl"], id="ttl-str"),
     pytest.param(lambda a: a.store("x", ttl=dt.timedelta(days=999_999_999)), ["ttl"], id="ttl-overflow"),
@@ -146,7 +145,10 @@ BATCH_CASES = [
     pytest.param("metadatas", {"x": {1, 2}}, ["set"], id="meta-set"),
     pytest.param("metadatas", {"x": "\ud800"}, ["surrogate"], id="meta-surrogate"),
     pytest.param("metadatas", {"x": 10**5000}, ["digits"], id="meta-huge-int"),
-    pytest.param("ids", "not-a-uuid", ["not a UUID"], id="id-not-uuid"),
+    pytest.param("ids", "", ["empty"], id="id-empty"),
+    pytest.param("ids", 250, ["str"], id="id-int"),
+    pytest.param("ids", "x" * 10_000, ["10000", "512"], id="id-10k-chars"),
+    pytest.param("ids", "\x00", ["NUL"], id="id-NUL"),
     pytest.param("ids", "duplicate", [], id="id-duplicate"),
     pytest.param("embeddings", np.full(DIM - 1, 0.1), ["383 dimensions"], id="embedding-dimension"),
     pytest.param("embeddings", np.full(DIM, NAN), ["NaN"], id="embedding-nan"),
@@ -166,15 +168,31 @@ def test_one_bad_item_in_a_batch_of_500_stores_nothing_and_is_named(
     assert api.count() == count
 
 
-def test_an_id_of_another_collection_in_a_batch_of_500_stores_nothing(
-    url: str, api: MemoryAPI, bystander: MemoryAPI
+def test_an_id_of_another_collection_in_a_batch_of_500_is_a_memory_of_its_own(
+    url: str, bystander: MemoryAPI
 ) -> None:
-    """Rejected by the database (the COPY + upsert path), rolled back as a whole."""
+    """Ids are unique per collection: the COPY + upsert path stores it here and leaves theirs alone."""
     taken = bystander.retrieve(None, top_k=1)[0]
     args = _batch_of_500("ids", taken.id)
     texts = args.pop("texts")
-    expect_rejection(url, lambda: api.store_batch(texts, **args), [taken.id, "another collection"])
+    mine = open_api(url, "hostile_shared_ids")
+    assert mine.store_batch(texts, **args)[BAD_AT] == taken.id
+    assert mine.get(taken.id).text == texts[BAD_AT]  # type: ignore[union-attr]
     assert bystander.get(taken.id) == taken
+    assert mine.delete_by_filter({}) == 500
+    assert bystander.get(taken.id) == taken
+
+
+def test_an_id_of_another_tenant_in_a_batch_of_500_stores_nothing(url: str) -> None:
+    """Rejected by the database (the COPY + upsert path), rolled back as a whole."""
+    theirs = open_api(url, "hostile_tenants", tenant="them")
+    taken = theirs.store("their memory")
+    mine = open_api(url, "hostile_tenants", tenant="me")
+    args = _batch_of_500("ids", taken)
+    texts = args.pop("texts")
+    expect_rejection(url, lambda: mine.store_batch(texts, **args), [repr(taken), "another tenant"])
+    assert theirs.get(taken).text == "their memory"  # type: ignore[union-attr]
+    assert mine.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -228,9 +246,7 @@ UPDATE_CASES = [
     pytest.param(
         lambda a, i: a.update(i, text="\x00", metadata={"fine": 1}), ["NUL"], id="bad-text-good-meta"
     ),
-    pytest.param(
-        lambda a, i: a.update("nope", metadata={"x": 1}), ["'nope'", "not a UUID"], id="id-not-uuid"
-    ),
+    pytest.param(lambda a, i: a.update("", metadata={"x": 1}), ["id is empty"], id="id-empty"),
 ]
 
 
@@ -262,12 +278,8 @@ def test_update_of_an_unknown_id_or_another_collections_memory_is_memory_not_fou
 
 
 BAD_IDS = [
-    "nope",
     "",
-    INJECTIONS[0],
-    "12345678-1234-5678-1234-56781234567g",
-    "12345678-1234-5678-1234-5678123456789",
-    "12345678-1234-5678-1234-567812345678' OR '1'='1",
+    "x" * 513,
     42,
     1.5,
     None,
@@ -275,17 +287,43 @@ BAD_IDS = [
     ["12345678-1234-5678-1234-567812345678"],
     "\ud800",
     "\x00",
+    "12345678-1234-5678-1234-567812345678\x00",
 ]
 
 
 @pytest.mark.parametrize("bad_id", BAD_IDS, ids=[ascii(i)[:40] for i in BAD_IDS])
-def test_get_delete_update_reject_ids_that_are_not_uuids(url: str, api: MemoryAPI, bad_id: Any) -> None:
+def test_get_delete_update_reject_what_is_not_an_id(url: str, api: MemoryAPI, bad_id: Any) -> None:
     for call in (
         lambda: api.get(bad_id),
         lambda: api.delete(bad_id),
         lambda: api.update(bad_id, metadata={}),
     ):
-        expect_rejection(url, call, [repr(bad_id), "not a UUID"])
+        expect_rejection(url, call, ["id"])
+
+
+ODD_IDS = [
+    "nope",
+    " ",
+    INJECTIONS[0],
+    "12345678-1234-5678-1234-56781234567g",
+    "12345678-1234-5678-1234-567812345678' OR '1'='1",
+    "%(id)s",
+    "x" * 512,
+    "\U0001f600 é",
+]
+
+
+@pytest.mark.parametrize("odd_id", ODD_IDS, ids=[ascii(i)[:40] for i in ODD_IDS])
+def test_any_string_is_an_id_kept_exactly(url: str, api: MemoryAPI, odd_id: str) -> None:
+    assert api.get(odd_id) is None
+    assert api.delete(odd_id) is False
+    expect_rejection(
+        url, lambda: api.update(odd_id, metadata={"x": 1}), [repr(odd_id)[:80]], MemoryNotFound, False
+    )
+    assert api.store("odd", {"odd": True}, id=odd_id) == odd_id
+    assert api.get(odd_id).text == "odd"  # type: ignore[union-attr]
+    assert [m.id for m in api.retrieve(None, filter={"odd": True})] == [odd_id]
+    assert api.delete(odd_id) is True
 
 
 def test_get_and_delete_never_reach_another_collection(api: MemoryAPI, bystander: MemoryAPI) -> None:
@@ -293,11 +331,12 @@ def test_get_and_delete_never_reach_another_collection(api: MemoryAPI, bystander
     assert api.get(theirs.id) is None
     assert api.delete(theirs.id) is False
     assert bystander.get(theirs.id) == theirs
-    # every spelling uuid.UUID accepts is the same id, not an error and not another row
+    # ids are opaque: only the exact string (or the UUID object, which becomes it) names the memory
     plain = uuid.UUID(theirs.id)
-    for spelling in (plain.hex, "{" + theirs.id + "}", plain.urn, theirs.id.upper(), plain):
-        assert bystander.get(spelling) == theirs  # type: ignore[arg-type]
-        assert api.get(spelling) is None  # type: ignore[arg-type]
+    assert bystander.get(plain) == theirs
+    for spelling in (plain.hex, "{" + theirs.id + "}", plain.urn, theirs.id.upper(), theirs.id + " "):
+        assert bystander.get(spelling) is None
+        assert api.get(spelling) is None
 
 
 # =============================================================================================

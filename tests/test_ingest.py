@@ -83,7 +83,7 @@ def test_large_batches_use_binary_copy_and_small_ones_insert(make_api, database_
     m = api.get(ids[777])
     assert m.text == "large 777" and m.metadata == {"i": 777}
     stored = sql_value(
-        database_url, "SELECT embedding::text FROM memorix.memories WHERE id = %s", (uuid.UUID(ids[777]),)
+        database_url, "SELECT embedding::text FROM memorix.memories WHERE id = %s", (ids[777],)
     )
     vector = np.array(stored.strip("[]").split(","), dtype=np.float32)
     np.testing.assert_allclose(vector, HashEmbedder(384).embed(["large 777"])[0], rtol=1e-6)
@@ -116,7 +116,7 @@ def test_texts_are_embedded_in_batches_with_a_progress_bar(make_api, capsys):
         {"texts": 42},
         {"metadatas": {"when": {1, 2}}},
         {"metadatas": {"x": float("nan")}},
-        {"ids": "not-a-uuid"},
+        {"ids": ""},
         {"embeddings": [float("nan")] * 384},
         {"embeddings": [0.1] * 12},
     ],
@@ -145,7 +145,8 @@ def test_one_invalid_item_in_the_middle_stores_nothing(make_api, database_url, b
     "field, value",
     [
         ("texts", ""),
-        ("ids", "nope"),
+        ("ids", ""),
+        ("ids", "x" * 513),
         ("embeddings", [0.5] * 3),
         ("metadatas", {"x": float("inf")}),
         ("metadatas", {"when": {1, 2}}),
@@ -169,15 +170,15 @@ def test_a_batch_error_names_the_item(make_api, field, value):
 
 
 @pytest.mark.parametrize("n", [10, 1000])  # INSERT and COPY (through the staging table)
-def test_an_id_taken_by_another_collection_stores_nothing(make_api, database_url, n):
-    owner = make_api("owner")
+def test_an_id_taken_by_another_tenant_stores_nothing(make_api, database_url, n):
+    owner = make_api("shared", tenant="owner")
     taken = owner.store("belongs to owner", {"owner": True})
-    api = make_api("intruder")
+    api = make_api("shared", tenant="intruder")
     ids = [str(uuid.uuid4()) for _ in range(n)]
     ids[n // 2] = taken
     with pytest.raises(InvalidInput, match=taken):
         api.store_batch([f"intruder {i}" for i in range(n)], ids=ids)
-    assert api.count() == 0 and table_rows(database_url, api.collection_id) == 0
+    assert api.count() == 0 and table_rows(database_url, api.collection_id) == 1
     m = owner.get(taken)
     assert m.text == "belongs to owner" and m.metadata == {"owner": True}
     assert owner.count() == 1
@@ -208,7 +209,7 @@ def test_storing_the_same_ids_twice_is_idempotent(make_api, database_url, copy_s
     assert api.count({"v": 2}) == n
     assert api.get(ids[123]).text == "second 123"
     stored = sql_value(
-        database_url, "SELECT embedding::text FROM memorix.memories WHERE id = %s", (uuid.UUID(ids[123]),)
+        database_url, "SELECT embedding::text FROM memorix.memories WHERE id = %s", (ids[123],)
     )
     np.testing.assert_allclose(
         np.array(stored.strip("[]").split(","), dtype=np.float32),
@@ -289,9 +290,9 @@ def test_bulk_load_builds_the_hnsw_index_once_and_search_uses_it(make_api, datab
 
 
 def test_a_failed_bulk_load_keeps_the_index(make_api, database_url):
-    owner = make_api("bulk_owner")
+    owner = make_api("bulk_fail", tenant="owner")
     taken = owner.store("mine")
-    api = make_api("bulk_fail")
+    api = make_api("bulk_fail", tenant="loader")
     cid = api.collection_id
     before = hnsw_index_oid(database_url, cid)
     n = 5200

@@ -41,7 +41,8 @@ def test_include_embeddings_returns_the_stored_vectors(make_api) -> None:
         ({"order": "random"}, "order"),
         ({"limit": 0}, "limit"),
         ({"offset": -1}, "offset"),
-        ({"cursor": "x"}, "cursor"),
+        ({"cursor": ""}, "cursor"),
+        ({"cursor": 5}, "cursor"),
     ],
 )
 def test_bad_paging_arguments_are_named(make_api, kwargs, fragment) -> None:

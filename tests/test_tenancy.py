@@ -75,7 +75,7 @@ def test_an_id_of_another_tenant_cannot_be_taken_over(make_api, owner: MemoryAPI
     alice = make_api("shared", tenant="alice")
     bob = make_api("shared", tenant="bob")
     a_id = alice.store("alice's secret")
-    with pytest.raises(InvalidInput, match="another collection or tenant"):
+    with pytest.raises(InvalidInput, match="another tenant"):
         bob.store("bob overwrites", id=a_id)
     assert alice.get(a_id).text == "alice's secret"  # type: ignore[union-attr]
 
@@ -139,3 +139,31 @@ def test_the_library_works_as_the_app_role(owner: MemoryAPI, app_url: str) -> No
         alice.create_index("n", type="number")
     # The owner sees every tenant's rows (owners bypass RLS), the untenanted API only its own.
     assert owner.count() == 1
+
+
+@pytest.mark.embedded_server("the application role logs in without a password")
+def test_as_the_app_role_an_id_of_another_tenant_is_refused_and_stays_hidden(
+    owner: MemoryAPI, app_url: str
+) -> None:
+    """Row-level security hides Bob's row from Alice; her upsert of its id must neither change it
+    nor fail with a raw error, and the same id stays free in another collection."""
+    from memorix_pg import InvalidInput
+
+    def app(collection: str, tenant: str) -> MemoryAPI:
+        return MemoryAPI(
+            embedder="hash",
+            collection_name=collection,
+            database_url=app_url,
+            tenant=tenant,
+            auto_migrate=False,
+        )
+
+    bob, alice = app("shared", "bob"), app("shared", "alice")
+    bob.store("bob's diary", id="diary")
+    for size in (1, 300):  # INSERT, and COPY through the staging table
+        ids = [f"alice {i}" for i in range(size - 1)] + ["diary"]
+        with pytest.raises(InvalidInput, match=r"'diary' .* another tenant"):
+            alice.store_batch([f"alice writes {i}" for i in range(size)], ids=ids)
+    assert alice.count() == 0 and alice.get("diary") is None
+    assert bob.get("diary").text == "bob's diary"  # type: ignore[union-attr]
+    assert app("app_elsewhere", "alice").store("alice's diary", id="diary") == "diary"

@@ -1,9 +1,16 @@
-"""Archive: move matching memories to another collection in one UPDATE, embeddings kept."""
+"""Archive: move matching memories to another collection in one UPDATE, embeddings kept.
+
+A moved memory keeps its id. Ids are unique per collection, so a memory of the target with the
+same id (and the same tenant) is replaced, as storing with that id would; one of another tenant
+is never touched, and the archive fails instead.
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from psycopg import errors as pg_errors
 
+from ..errors import InvalidInput
 from ..models import memories
 from ..reads import bounded_count
 from ..scope import Scope
@@ -21,7 +28,18 @@ DEFER_INDEX_MIN_ROWS = 5_000
 
 def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
     stamp = sa.func.jsonb_build_object("archived", sa.true(), "archived_at", sa.func.to_jsonb(sa.func.now()))
-    query = cached(
+    params = {**scope.params, "target": target.id}
+    held = memories.alias("held")  # the target's rows, beside the moving ones
+    replace = cached(
+        ("archive replaces", scope.key, target),
+        lambda _: sa.delete(held).where(  # type: ignore[arg-type]
+            Scope(target, scope.tenant).rows(held),
+            held.c.id.in_(sa.select(memories.c.id).where(scope.live(f))),
+        ),
+        f,
+        params,
+    )
+    move = cached(
         ("archive", scope.key),
         lambda _: (
             sa.update(memories)
@@ -33,9 +51,16 @@ def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
             )
         ),
         f,
-        {**scope.params, "target": target.id},
+        params,
     )
-    return int((yield from execute(query, final=True))[0].rowcount)
+    try:
+        results = yield from execute(replace, move, final=True)
+    except pg_errors.UniqueViolation:
+        raise InvalidInput(
+            f"archive to {target.name!r}: a memory being moved has the id of a memory of another tenant "
+            "there; nothing was moved"
+        ) from None
+    return int(results[1].rowcount)
 
 
 def archive(

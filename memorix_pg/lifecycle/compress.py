@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -19,13 +18,16 @@ from ..scope import Scope
 from ..search import Planner
 from ..statements import Filter, adhoc, cached
 from ..steps import Operation, Query, execute, fetch_all, offload
-from ..validation import check_text, clean_metadata
+from ..validation import check_text, clean_metadata, new_id
 from ..vector_index import read_vector, stored_vectors
 from .summary import CompressionReport, Summarizer, extractive_summary, shared_metadata, window_query
 
 __all__ = ["compress"]
 
-_DELETE_IDS = sql.SQL("DELETE FROM {} WHERE id = ANY(%(ids)s)").format(sql.Identifier(SCHEMA, "memories"))
+# Ids are unique per collection only: the collection is part of the key.
+_DELETE_IDS = sql.SQL("DELETE FROM {} WHERE collection_id = %(cid)s AND id = ANY(%(ids)s::text[])").format(
+    sql.Identifier(SCHEMA, "memories")
+)
 _NOT_SUMMARY = sa.not_(
     memories.c.metadata.op("@>", is_comparison=True)(sa.literal_column("""'{"compressed": true}'::jsonb"""))
 )
@@ -46,7 +48,7 @@ def _window_rows(scope: Scope, f: Filter, ids: list[Any]) -> Query:
             .where(
                 scope.live(f),
                 _NOT_SUMMARY,
-                memories.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.Uuid()))),
+                memories.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.Text()))),
             )
             .order_by(memories.c.created_at, memories.c.id)
             .with_for_update()
@@ -101,9 +103,9 @@ def compress(
             "original_count": len(rows),
             "window_start": window_start.isoformat(),
             "window_end": (window_start + window).isoformat(),
-            "source_ids": [str(r[0]) for r in rows],
+            "source_ids": [r[0] for r in rows],
         }
-        summary_id = uuid.uuid4()
+        summary_id = new_id()
         vector = yield from offload(embedding.embed, [summary])
         new = MemoryRows(
             ids=[summary_id],
@@ -115,9 +117,9 @@ def compress(
         # A summary of memories that all expire lives as long as the last of them.
         expires = None if any(r[4] is None for r in rows) else max(r[4] for r in rows)
         yield from write_memories(scope.info, new, expires_at=expires, upsert=False, tenant=scope.tenant)
-        delete = Query(_DELETE_IDS, {"ids": [r[0] for r in rows]})
+        delete = Query(_DELETE_IDS, {"cid": scope.info.id, "ids": [r[0] for r in rows]})
         yield from execute(delete, final=True)
-        summary_ids.append(str(summary_id))
+        summary_ids.append(summary_id)
         compressed += len(rows)
     planner.changed_rows(compressed)
     return CompressionReport(windows=len(summary_ids), compressed=compressed, summary_ids=summary_ids)

@@ -5,7 +5,6 @@ the statements the library sends."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -43,14 +42,14 @@ def set_created_at(url: str, ids: Sequence[str], when: datetime | Sequence[datet
     times = [when] * len(ids) if isinstance(when, datetime) else list(when)
     with psycopg.connect(url, autocommit=True) as conn:
         for i, t in zip(ids, times, strict=True):
-            conn.execute("UPDATE memorix.memories SET created_at = %s WHERE id = %s", (t, uuid.UUID(i)))
+            conn.execute("UPDATE memorix.memories SET created_at = %s WHERE id = %s", (t, i))
 
 
 def expire(url: str, ids: Sequence[str]) -> None:
     sql(
         url,
         "UPDATE memorix.memories SET expires_at = now() - interval '1 second' WHERE id = ANY(%s)",
-        ([uuid.UUID(i) for i in ids],),
+        (list(ids),),
     )
 
 
