@@ -1,7 +1,7 @@
 """memorix-pg: a PostgreSQL + pgvector storage engine for AI memory."""
 
 from .aio import AsyncMemoryAPI
-from .api import VECTOR_STORES, MemoryAPI
+from .api import VECTOR_STORES, CollectionSummary, MemoryAPI, list_collections
 from .embedders import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .errors import (
     CollectionNotFound,
@@ -22,6 +22,7 @@ __all__ = [
     "VECTOR_STORES",
     "AsyncMemoryAPI",
     "CollectionNotFound",
+    "CollectionSummary",
     "ConfigurationError",
     "DatabaseUnavailable",
     "DecryptionError",
@@ -37,6 +38,7 @@ __all__ = [
     "PermissionDenied",
     "PgvectorMissing",
     "SentenceTransformerEmbedder",
+    "list_collections",
 ]
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import asyncio
 import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from uuid import UUID
 
 import numpy as np
@@ -22,7 +22,7 @@ from .cache import CacheInfo
 from .connections import PoolOptions, async_source
 from .core import Core
 from .embedders import Embedder
-from .errors import MemorixError
+from .errors import InvalidInput, MemorixError
 from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
 from .runner import AsyncRunner
@@ -235,8 +235,30 @@ class AsyncMemoryAPI:
 
     # -- reading --------------------------------------------------------------------------
 
-    async def get(self, id: str | UUID) -> Memory | None:
-        return await self._run(self._core.get(id))
+    @overload
+    async def get(self, id: str | UUID, *, include_embeddings: bool = False) -> Memory | None: ...
+
+    @overload
+    async def get(
+        self, id: None = None, *, ids: Sequence[str | UUID], include_embeddings: bool = False
+    ) -> builtins.list[Memory]: ...
+
+    async def get(
+        self,
+        id: str | UUID | None = None,
+        *,
+        ids: Sequence[str | UUID] | None = None,
+        include_embeddings: bool = False,
+    ) -> Memory | builtins.list[Memory] | None:
+        """``get(id)``: the memory, or None. ``get(ids=[...])``: the memories that exist, in the
+        order of ``ids`` (missing ones skipped), in one round trip. ``include_embeddings=True``
+        fills ``Memory.embedding``."""
+        if (id is None) == (ids is None):
+            raise InvalidInput("get takes an id, or ids=[...], not both and not neither")
+        if ids is not None:
+            return await self._run(self._core.get_many(ids, include_embeddings))
+        assert id is not None
+        return await self._run(self._core.get(id, include_embeddings))
 
     async def list(
         self,
@@ -267,13 +289,19 @@ class AsyncMemoryAPI:
         *,
         exact: bool | None = None,
         ef_search: int | None = None,
+        include_embeddings: bool = False,
     ) -> builtins.list[Memory]:
         """The ``top_k`` memories most similar to ``query`` among those matching ``filter``.
 
         With an empty query and no ``embedding`` nothing is ranked (and nothing embedded):
         the matching memories come back newest first, with ``score`` None.
+        ``include_embeddings=True`` fills ``Memory.embedding``.
         """
-        return (await self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search)))[0]
+        return (
+            await self._run(
+                self._core.retrieve(query, top_k, filter, embedding, exact, ef_search, include_embeddings)
+            )
+        )[0]
 
     async def explain_retrieve(
         self,
@@ -340,6 +368,15 @@ class AsyncMemoryAPI:
         """Pairs of memories whose similarity (the score ``retrieve`` reports) is at least
         ``threshold``, most similar first, found through the collection's index."""
         return await self._run(self._core.find_duplicates(threshold, limit, neighbours))
+
+    async def drop(self) -> bool:
+        """Drop the collection: its memories (of every tenant) and its HNSW index, in one
+        transaction and then one ``DROP INDEX CONCURRENTLY``. Nothing else refers to a collection,
+        so no other collection is affected. With a ``tenant``, refuses (``PermissionDenied``)
+        while the collection holds memories of anyone else. Afterwards every call on this object
+        raises ``CollectionNotFound``; a new object recreates the collection empty. Returns False
+        when the collection was already gone."""
+        return await self._run(self._core.drop())
 
     async def rotate_key(
         self,

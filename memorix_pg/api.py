@@ -9,26 +9,38 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
 
 from .cache import CacheInfo
+from .catalog import CollectionSummary
 from .connections import PoolOptions, sync_source
 from .core import VECTOR_STORES, Core, forget_database
+from .core import list_collections as list_collections_call
+from .database import resolve_database
 from .embedders import Embedder
-from .errors import MemorixError
+from .errors import InvalidInput, MemorixError
 from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
 from .runner import SyncRunner
 from .search import SearchPlan
 from .steps import Call
 
-__all__ = ["VECTOR_STORES", "MemoryAPI", "forget_database"]
+__all__ = ["VECTOR_STORES", "CollectionSummary", "MemoryAPI", "forget_database", "list_collections"]
 
 T = TypeVar("T")
+
+
+def list_collections(database_url: str | None = None) -> builtins.list[CollectionSummary]:
+    """The collections of a database, by name: name, embedder, dimensions, distance, precision,
+    live memories (``count``) and creation time. The database is the one ``MemoryAPI`` would use:
+    ``database_url``, else ``MEMORIX_DATABASE_URL``, else the embedded server."""
+    url = resolve_database(database_url).url
+    runner = SyncRunner(sync_source(url, PoolOptions()), url)
+    return runner.run(list_collections_call(url))
 
 
 class MemoryAPI:
@@ -220,8 +232,30 @@ class MemoryAPI:
 
     # -- reading --------------------------------------------------------------------------
 
-    def get(self, id: str | UUID) -> Memory | None:
-        return self._run(self._core.get(id))
+    @overload
+    def get(self, id: str | UUID, *, include_embeddings: bool = False) -> Memory | None: ...
+
+    @overload
+    def get(
+        self, id: None = None, *, ids: Sequence[str | UUID], include_embeddings: bool = False
+    ) -> builtins.list[Memory]: ...
+
+    def get(
+        self,
+        id: str | UUID | None = None,
+        *,
+        ids: Sequence[str | UUID] | None = None,
+        include_embeddings: bool = False,
+    ) -> Memory | builtins.list[Memory] | None:
+        """``get(id)``: the memory, or None. ``get(ids=[...])``: the memories that exist, in the
+        order of ``ids`` (missing ones skipped), in one round trip. ``include_embeddings=True``
+        fills ``Memory.embedding``."""
+        if (id is None) == (ids is None):
+            raise InvalidInput("get takes an id, or ids=[...], not both and not neither")
+        if ids is not None:
+            return self._run(self._core.get_many(ids, include_embeddings))
+        assert id is not None
+        return self._run(self._core.get(id, include_embeddings))
 
     def list(
         self,
@@ -252,13 +286,17 @@ class MemoryAPI:
         *,
         exact: bool | None = None,
         ef_search: int | None = None,
+        include_embeddings: bool = False,
     ) -> builtins.list[Memory]:
         """The ``top_k`` memories most similar to ``query`` among those matching ``filter``.
 
         With an empty query and no ``embedding`` nothing is ranked (and nothing embedded):
         the matching memories come back newest first, with ``score`` None.
+        ``include_embeddings=True`` fills ``Memory.embedding``.
         """
-        return self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search))[0]
+        return self._run(
+            self._core.retrieve(query, top_k, filter, embedding, exact, ef_search, include_embeddings)
+        )[0]
 
     def explain_retrieve(
         self,
@@ -323,6 +361,15 @@ class MemoryAPI:
         """Pairs of memories whose similarity (the score ``retrieve`` reports) is at least
         ``threshold``, most similar first, found through the collection's index."""
         return self._run(self._core.find_duplicates(threshold, limit, neighbours))
+
+    def drop(self) -> bool:
+        """Drop the collection: its memories (of every tenant) and its HNSW index, in one
+        transaction and then one ``DROP INDEX CONCURRENTLY``. Nothing else refers to a collection,
+        so no other collection is affected. With a ``tenant``, refuses (``PermissionDenied``)
+        while the collection holds memories of anyone else. Afterwards every call on this object
+        raises ``CollectionNotFound``; a new object recreates the collection empty. Returns False
+        when the collection was already gone."""
+        return self._run(self._core.drop())
 
     def rotate_key(
         self,

@@ -1,9 +1,17 @@
-"""The collections table: find or create a collection, and check it fits the embedder."""
+"""The collections table: find, create, list and drop collections; check one fits the embedder.
+
+Nothing outside a collection refers to it: the only foreign key to ``collections`` is its own
+memories' (ON DELETE CASCADE); an archive moves rows into another collection and keeps no link,
+and a compressed summary's ``source_ids`` name memories of its own collection. Dropping a
+collection therefore never breaks another one.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,23 +19,28 @@ from psycopg import errors as pg_errors
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
-from .errors import ConfigurationError, EmbedderMismatch
-from .models import DISTANCES, collections
+from .errors import ConfigurationError, EmbedderMismatch, PermissionDenied
+from .models import DISTANCES, collections, memories
+from .scope import live_predicate
 from .statements import adhoc
-from .steps import Operation, Query, execute, fetch_one
+from .steps import Admin, Operation, Query, execute, fetch_all, fetch_one
 from .vector_index import (
     CollectionInfo,
     create_index_sql,
     create_vector_index,
+    drop_index_sql,
     drop_vector_index,
     vector_index_state,
 )
 
 __all__ = [
+    "CollectionSummary",
     "check_matches",
     "check_options",
+    "collection_infos",
+    "collection_summaries",
+    "drop_collection",
     "ensure_vector_indexes",
-    "list_collections",
     "open_collection",
 ]
 
@@ -45,8 +58,70 @@ _COLUMNS = (
 )
 
 
-def list_collections(conn: Connection) -> list[CollectionInfo]:
+def collection_infos(conn: Connection) -> list[CollectionInfo]:
     return [_info_from(row) for row in conn.execute(sa.select(*_COLUMNS).order_by(collections.c.name))]
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """One collection of a database, as :func:`memorix_pg.list_collections` reports it.
+
+    ``count`` is the number of live (not expired) memories that the connecting role can see:
+    every tenant's for the table's owner, as the ``collection_stats`` view counts them.
+    """
+
+    name: str
+    embedder: str
+    dimensions: int
+    distance: str
+    precision: str
+    count: int
+    created_at: datetime
+
+
+def collection_summaries() -> Operation[list[CollectionSummary]]:
+    """Every collection with its live memories counted, by name: one statement."""
+    counted = (
+        sa.select(sa.func.count())
+        .where(memories.c.collection_id == collections.c.id, live_predicate())
+        .scalar_subquery()
+    )
+    statement = sa.select(
+        collections.c.name,
+        collections.c.embedder,
+        collections.c.dimension,
+        collections.c.distance,
+        collections.c.precision,
+        counted,
+        collections.c.created_at,
+    ).order_by(collections.c.name)
+    rows = yield from fetch_all(adhoc(statement), final=True)
+    return [CollectionSummary(*row) for row in rows]
+
+
+def drop_collection(info: CollectionInfo, tenant: str | None) -> Operation[bool]:
+    """Delete the collection and its memories in one transaction (the foreign key cascades),
+    then its HNSW index, CONCURRENTLY so other collections are never blocked. With ``tenant``,
+    refuses while the collection holds memories of anyone else. False when it was gone already."""
+    gone = sa.delete(collections).where(collections.c.id == sa.bindparam("id"))
+    params: dict[str, Any] = {"id": info.id}
+    if tenant is not None:
+        others = sa.select(memories.c.id).where(
+            memories.c.collection_id == sa.bindparam("id"),
+            memories.c.tenant.is_distinct_from(sa.bindparam("tenant")),
+        )
+        gone = gone.where(~sa.exists(others))
+        params["tenant"] = tenant
+    deleted = (yield from execute(adhoc(gone.returning(collections.c.id), params), final=True))[0].rows
+    if not deleted and tenant is not None:
+        still_there = yield from fetch_one(_select_collection(info.name), final=True)
+        if still_there is not None and still_there[0] == info.id:
+            raise PermissionDenied(
+                f"collection {info.name!r} holds memories of other tenants (or none); a MemoryAPI "
+                f"with tenant {tenant!r} may not drop it"
+            )
+    yield Admin((Query(drop_index_sql(info, concurrently=True)),))
+    return bool(deleted)
 
 
 def check_compatible(info: CollectionInfo, embedder_name: str, dimension: int) -> None:
@@ -61,7 +136,7 @@ def check_compatible(info: CollectionInfo, embedder_name: str, dimension: int) -
 def ensure_vector_indexes(conn: Connection) -> list[str]:
     """Build the HNSW index of every collection that lacks one; returns their names."""
     built = []
-    for info in list_collections(conn):
+    for info in collection_infos(conn):
         if vector_index_state(conn, info) != "valid":
             drop_vector_index(conn, info)
             create_vector_index(conn, info)

@@ -302,6 +302,29 @@ def search(
 
 
 @main.command()
+@database_option
+@_clean_errors
+def collections(database_url: str | None) -> None:
+    """List the collections: name, memories, embedder, dimensions, distance, precision.
+
+    \b
+    Example:
+      memorix-pg collections
+    """
+    from .api import list_collections
+
+    found = list_collections(database_url)
+    if not found:
+        click.echo("(no collections)", err=True)
+        return
+    rows = [("collection", "memories", "embedder", "dimensions", "distance", "precision")]
+    rows += [(c.name, str(c.count), c.embedder, str(c.dimensions), c.distance, c.precision) for c in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command()
 @click.option("--group-by", default="type", show_default=True, help="Metadata key to count by.")
 @database_option
 @collection_option

@@ -20,12 +20,12 @@ import numpy.typing as npt
 
 from . import lifecycle, reads, writes
 from .cache import CacheInfo
-from .catalog import open_collection
+from .catalog import CollectionSummary, collection_summaries, drop_collection, open_collection
 from .crypto import Sealer, TextCipher
 from .database import check_pgvector, get_engine, resolve_database
 from .embedders import Embedder, resolve_embedder
 from .embedding import Embedding
-from .errors import ConfigurationError, FilterError, InvalidInput, MemoryNotFound
+from .errors import CollectionNotFound, ConfigurationError, FilterError, InvalidInput, MemoryNotFound
 from .filters import index_expression
 from .memory import Memory
 from .scope import Scope, tenant_settings
@@ -53,7 +53,7 @@ from .vector_index import (
     score_from_distance,
 )
 
-__all__ = ["MAX_TOP_K", "VECTOR_STORES", "Core", "forget_database"]
+__all__ = ["MAX_TOP_K", "VECTOR_STORES", "Core", "forget_database", "list_collections"]
 
 T = TypeVar("T")
 
@@ -84,6 +84,17 @@ def prepare_database(url: str, auto_migrate: bool) -> None:
         _prepared.add(url)
 
 
+def list_collections(url: str) -> Call[list[CollectionSummary]]:
+    """The collections of the database at ``url`` (brought to the latest schema first, as
+    ``MemoryAPI`` does), with their live memories counted."""
+
+    def make() -> Operation[list[CollectionSummary]]:
+        yield from offload(prepare_database, url, True)
+        return (yield from collection_summaries())
+
+    return Call(make, idempotent=True, scoped=False)
+
+
 def forget_database(url: str) -> None:
     """Check and migrate ``url`` again on next use (after it was dropped and recreated)."""
     with _prepared_lock:
@@ -104,6 +115,12 @@ def _expiry(ttl: timedelta | None) -> datetime | None:
         return datetime.now(UTC) + ttl
     except OverflowError:
         raise InvalidInput(f"ttl {ttl!r} puts the expiry past the year 9999") from None
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be True or False, got {value!r:.80}")
+    return value
 
 
 def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -156,6 +173,7 @@ class Core:
         self.embedded = False
         self.data_dir: Path | None = None
         self.info: CollectionInfo | None = None
+        self.dropped = False  # by drop(): every later call raises CollectionNotFound
         self.settings: tuple[Query, ...] = tenant_settings(self.tenant)
 
     # -- opening ------------------------------------------------------------------------
@@ -172,6 +190,11 @@ class Core:
             self.info = None  # opened again (and its index repaired) by the next call
 
     def _open(self) -> Operation[CollectionInfo]:
+        if self.dropped:
+            raise CollectionNotFound(
+                f"collection {self.collection_name!r} was dropped by this object; make a new "
+                "MemoryAPI (or AsyncMemoryAPI) to create it again"
+            )
         yield from offload(prepare_database, self.url, self.auto_migrate)
         info = yield from open_collection(
             self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
@@ -182,7 +205,7 @@ class Core:
 
     def opened(self) -> Operation[CollectionInfo]:
         """The collection, opened on first use (and again after a restart of the server)."""
-        if self.info is not None:
+        if self.info is not None and not self.dropped:
             return self.info
         return (yield from self._open())
 
@@ -335,14 +358,36 @@ class Core:
 
     # -- reading ------------------------------------------------------------------------
 
-    def get(self, id: str | UUID) -> Call[Memory | None]:
+    def get(self, id: str | UUID, include_embeddings: bool = False) -> Call[Memory | None]:
         row_id = check_id(id)
+        vectors = _check_bool(include_embeddings, "include_embeddings")
 
         def body(scope: Scope) -> Operation[Memory | None]:
-            rows = yield from reads.get(scope, row_id)
-            return self.memory(rows[0]) if rows else None
+            rows = yield from reads.get(scope, row_id, vectors)
+            return self._read(rows[0], vectors) if rows else None
 
         return self._call(body, idempotent=True)
+
+    def get_many(self, ids: Sequence[str | UUID], include_embeddings: bool = False) -> Call[list[Memory]]:
+        """The memories that exist among ``ids``, in their order (an id given twice comes back
+        twice), missing ones skipped: one statement."""
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+            raise InvalidInput(f"ids must be a list of ids, got {type(ids).__name__}")
+        row_ids = [check_id(v, f"ids[{i}]") for i, v in enumerate(ids)]
+        vectors = _check_bool(include_embeddings, "include_embeddings")
+        if not row_ids:
+            return Call(_no_memories)
+
+        def body(scope: Scope) -> Operation[list[Memory]]:
+            rows = yield from reads.get_many(scope, list(dict.fromkeys(row_ids)), vectors)
+            found = {row[0]: self._read(row, vectors) for row in rows}
+            return [found[i] for i in row_ids if i in found]
+
+        return self._call(body, idempotent=True)
+
+    def _read(self, row: Sequence[Any], vectors: bool) -> Memory:
+        """A row of ``reads.get`` / ``get_many`` / ``newest``: its vector after the four columns."""
+        return self.memory(row, embedding=row[4] if vectors else None)
 
     def page(
         self,
@@ -358,10 +403,11 @@ class Core:
         if order not in reads.ORDERS:
             raise InvalidInput(f"order must be one of {', '.join(map(repr, reads.ORDERS))}, got {order!r}")
         after = check_id(cursor, "cursor") if cursor is not None else None
+        vectors = _check_bool(include_embeddings, "include_embeddings")
         f = self._where(filter)
 
         def body(scope: Scope) -> Operation[list[Memory]]:
-            rows = yield from reads.page(scope, f, limit, offset, after, order, bool(include_embeddings))
+            rows = yield from reads.page(scope, f, limit, offset, after, order, vectors)
             return [self.memory(r, embedding=r[4], expires_at=r[5]) for r in rows]
 
         return self._call(body, idempotent=True)
@@ -378,8 +424,10 @@ class Core:
         embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None,
         exact: bool | None,
         ef_search: int | None,
+        include_embeddings: bool = False,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         _check_int(top_k, "top_k", 1, MAX_TOP_K)
+        vectors = _check_bool(include_embeddings, "include_embeddings")
         if ef_search is not None:
             _check_int(ef_search, "ef_search", 1)
         if exact is not None and not isinstance(exact, bool):
@@ -392,12 +440,20 @@ class Core:
 
         def body(scope: Scope) -> Operation[tuple[list[Memory], SearchPlan]]:
             if vector is None and text is None:
-                rows = yield from reads.newest(scope, f, top_k)
-                return [self.memory(r) for r in rows], SearchPlan("recent", "empty query: newest first", None)
+                rows = yield from reads.newest(scope, f, top_k, vectors)
+                recent = SearchPlan("recent", "empty query: newest first", None)
+                return [self._read(r, vectors) for r in rows], recent
             q = vector if vector is not None else (yield from offload(self.embedding.one, text))
-            rows, plan = yield from search(scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search)
+            rows, plan = yield from search(
+                scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search, embeddings=vectors
+            )
             distance = scope.info.distance
-            return [self.memory(r, score_from_distance(distance, float(r[4]))) for r in rows], plan
+            return [
+                self.memory(
+                    r, score_from_distance(distance, float(r[4])), embedding=r[5] if vectors else None
+                )
+                for r in rows
+            ], plan
 
         return self._call(body, idempotent=True)
 
@@ -509,6 +565,17 @@ class Core:
 
         return self._call(body, idempotent=True)
 
+    def drop(self) -> Call[bool]:
+        """Drop the collection, its memories and its HNSW index (the ``create_index`` expression
+        indexes are shared by every collection and stay)."""
+
+        def body(scope: Scope) -> Operation[bool]:
+            dropped = yield from drop_collection(scope.info, self.tenant)
+            self.info, self.dropped = None, True
+            return dropped
+
+        return self._call(body)
+
     def rotate_key(
         self, new_key: str | bytes | None, batch: int, encrypted_metadata: Sequence[str] | None
     ) -> Call[int]:
@@ -525,5 +592,10 @@ class Core:
 
 
 def _nothing() -> Operation[list[str]]:
+    return []
+    yield  # pragma: no cover - makes this a generator
+
+
+def _no_memories() -> Operation[list[Memory]]:
     return []
     yield  # pragma: no cover - makes this a generator

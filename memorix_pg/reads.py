@@ -16,19 +16,41 @@ from .statements import Filter, cached, compile_where
 from .steps import Operation, execute, fetch_all
 from .vector_index import collection_predicate, stored_vectors
 
-__all__ = ["MEMORY_COLUMNS", "ORDERS", "bounded_count", "count", "get", "newest", "page"]
+__all__ = ["MEMORY_COLUMNS", "ORDERS", "bounded_count", "count", "get", "get_many", "newest", "page"]
 
 MEMORY_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
 _ALL = compile_where(None)
 
 
-def get(scope: Scope, row_id: Any) -> Operation[list[tuple[Any, ...]]]:
-    """The live memory ``row_id`` of the scope, as (id, text, metadata, created_at), or nothing."""
+def _columns(scope: Scope, embeddings: bool) -> tuple[sa.ColumnElement[Any], ...]:
+    """The memory columns, and the stored vector (as ``vector``) when asked for."""
+    return (*MEMORY_COLUMNS, stored_vectors(scope.info)) if embeddings else MEMORY_COLUMNS
+
+
+def get(scope: Scope, row_id: str, embeddings: bool = False) -> Operation[list[tuple[Any, ...]]]:
+    """The live memory ``row_id`` of the scope, as (id, text, metadata, created_at[, embedding]),
+    or nothing."""
     query = cached(
-        ("get", scope.key),
-        lambda _: sa.select(*MEMORY_COLUMNS).where(scope.live(), memories.c.id == sa.bindparam("id")),
+        ("get", scope.key, embeddings),
+        lambda _: sa.select(*_columns(scope, embeddings)).where(
+            scope.live(), memories.c.id == sa.bindparam("id")
+        ),
         _ALL,
         {**scope.params, "id": row_id},
+    )
+    return (yield from fetch_all(query, final=True))
+
+
+def get_many(scope: Scope, row_ids: list[str], embeddings: bool = False) -> Operation[list[tuple[Any, ...]]]:
+    """The live memories of the scope among ``row_ids`` (in no particular order), as ``get``
+    returns them: one statement whatever the number of ids."""
+    query = cached(
+        ("get many", scope.key, embeddings),
+        lambda _: sa.select(*_columns(scope, embeddings)).where(
+            scope.live(), memories.c.id == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.Text)))
+        ),
+        _ALL,
+        {**scope.params, "ids": row_ids},
     )
     return (yield from fetch_all(query, final=True))
 
@@ -51,12 +73,12 @@ def count(
     return int((yield from fetch_all(query, final=True))[0][0])
 
 
-def newest(scope: Scope, f: Filter, k: int) -> Operation[list[tuple[Any, ...]]]:
-    """The ``k`` newest live memories matching ``f``."""
+def newest(scope: Scope, f: Filter, k: int, embeddings: bool = False) -> Operation[list[tuple[Any, ...]]]:
+    """The ``k`` newest live memories matching ``f`` (with their vectors when asked for)."""
     query = cached(
-        ("newest", scope.key),
+        ("newest", scope.key, embeddings),
         lambda _: (
-            sa.select(*MEMORY_COLUMNS)
+            sa.select(*_columns(scope, embeddings))
             .where(scope.live(f))
             .order_by(memories.c.created_at.desc(), memories.c.id.desc())
             .limit(sa.bindparam("k"))

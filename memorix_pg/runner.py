@@ -26,13 +26,16 @@ from psycopg.pq import TransactionStatus
 
 from .connections import AsyncSource, SyncSource
 from .database import libpq_url, redact_url, unavailable
-from .errors import FilterError, MemorixError, PermissionDenied
+from .errors import CollectionNotFound, FilterError, MemorixError, PermissionDenied
 from .steps import Admin, Batch, Call, Copy, Offload, Operation, Query, Result, Rollback, Step, set_local
 
 __all__ = ["AsyncRunner", "SyncRunner", "translate", "watch_statements"]
 
 T = TypeVar("T")
 
+# The foreign key from a memory to its collection (migration 0001's name): a write into a
+# collection that another object dropped breaks it.
+COLLECTION_KEY = "memories_collection_id_fkey"
 _BEGIN = Query(b"BEGIN")
 _COMMIT = Query(b"COMMIT")
 _ROLLBACK = Query(b"ROLLBACK")
@@ -60,6 +63,11 @@ def translate(exc: BaseException, url: str) -> BaseException:
         return exc
     if isinstance(exc, pg_errors.InvalidRegularExpression):
         return FilterError(f"invalid $regex: {str(exc).splitlines()[0]}")
+    if isinstance(exc, pg_errors.ForeignKeyViolation) and exc.diag.constraint_name == COLLECTION_KEY:
+        return CollectionNotFound(
+            "the collection was dropped while this object was using it (by drop() elsewhere); "
+            "make a new MemoryAPI to create it again"
+        )
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         message = str(exc).splitlines()[0]
         return PermissionDenied(f"the database refused: {message} (role in {redact_url(url)})")

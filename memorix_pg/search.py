@@ -76,7 +76,14 @@ from .query_vector import QueryVector
 from .scope import Scope
 from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute
-from .vector_index import QUERY_VECTOR, CollectionInfo, collection_predicate, distance_expression, index_name
+from .vector_index import (
+    QUERY_VECTOR,
+    CollectionInfo,
+    collection_predicate,
+    distance_expression,
+    index_name,
+    stored_vectors,
+)
 
 __all__ = [
     "EF_MAX",
@@ -284,8 +291,13 @@ def _settings(ef: int | None, iterative: bool = True) -> tuple[tuple[str, str], 
     )
 
 
+def _vectors(info: CollectionInfo, embeddings: bool) -> tuple[sa.ColumnElement[Any], ...]:
+    """The stored vector (read back as ``vector``) after the distance, when asked for."""
+    return (stored_vectors(info).label("embedding"),) if embeddings else ()
+
+
 def _with_columns(
-    info: CollectionInfo, nearest: sa.Subquery, *extra: sa.ColumnElement[Any]
+    info: CollectionInfo, nearest: sa.Subquery, embeddings: bool, *extra: sa.ColumnElement[Any]
 ) -> sa.Select[Any]:
     """The result columns of the ``nearest`` rows (ids and distances), joined by primary key
     (collection and id: the same id may name a memory of another collection).
@@ -294,13 +306,13 @@ def _with_columns(
     of every row it ranks (fetching them for the 4k rows of a walk cost ~0.7 ms at k=10).
     """
     return (
-        sa.select(*_RESULT_COLUMNS, nearest.c.distance, *extra)
+        sa.select(*_RESULT_COLUMNS, nearest.c.distance, *_vectors(info, embeddings), *extra)
         .join_from(nearest, memories, sa.and_(collection_predicate(info), memories.c.id == nearest.c.id))
         .order_by(nearest.c.distance)
     )
 
 
-def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     matching = (
         sa.select(memories.c.id, distance.label("distance"), sa.func.count().over().label("total"))
@@ -308,23 +320,25 @@ def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.
         .subquery("matching")
     )
     nearest = sa.select(matching).order_by(matching.c.distance).limit(sa.bindparam("k")).subquery("nearest")
-    return _with_columns(info, nearest, nearest.c.total)
+    return _with_columns(info, nearest, embeddings, nearest.c.total)
 
 
-def _direct_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+def _direct_statement(
+    info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool
+) -> sa.Select[Any]:
     """An unfiltered search: the walk's first k rows are the answer (strict order; only TTL
     can drop a row, and a short result falls back to the exact scan). No over-fetch, no
     second sort, no join: measured at 100k, the filtered form cost ~0.4 ms more."""
     distance = distance_expression(info, None)
     return (
-        sa.select(*_RESULT_COLUMNS, distance.label("distance"))
+        sa.select(*_RESULT_COLUMNS, distance.label("distance"), *_vectors(info, embeddings))
         .where(where)
         .order_by(distance)
         .limit(sa.bindparam("k"))
     )
 
 
-def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     walk = (
         sa.select(memories.c.id, distance.label("distance"))
@@ -336,7 +350,7 @@ def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool]) -> sa.S
     # relaxed_order returns the matches only roughly by distance. Sorting by ``distance + 0``
     # keeps PostgreSQL from taking the walk's order as exact and dropping the sort.
     nearest = sa.select(walk).order_by(walk.c.distance + 0.0).limit(sa.bindparam("k")).subquery("nearest")
-    return _with_columns(info, nearest)
+    return _with_columns(info, nearest, embeddings)
 
 
 Rows = list[tuple[Any, ...]]
@@ -344,14 +358,21 @@ _UNFILTERED = compile_where(None)
 
 
 def _exact(
-    scope: Scope, f: Filter, where: sa.ColumnElement[bool], params: dict[str, Any], settings: Any
+    scope: Scope,
+    f: Filter,
+    where: sa.ColumnElement[bool],
+    params: dict[str, Any],
+    settings: Any,
+    embeddings: bool,
 ) -> Operation[tuple[Rows, int]]:
     """The k nearest matching rows ranked exactly, and the number of matches. The window count
     keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
     info = scope.info
-    query = cached(("exact", scope.key), lambda _: _exact_statement(info, where), f, params)
+    query = cached(
+        ("exact", scope.key, embeddings), lambda _: _exact_statement(info, where, embeddings), f, params
+    )
     rows = (yield from execute(query, final=True, settings=settings))[0].rows
-    return [r[:5] for r in rows], int(rows[0][5]) if rows else 0
+    return [r[:-1] for r in rows], int(rows[0][-1]) if rows else 0
 
 
 # -- the planner ------------------------------------------------------------------------------
@@ -366,9 +387,10 @@ def search(
     *,
     exact: bool | None = None,
     ef_search: int | None = None,
+    embeddings: bool = False,
 ) -> Operation[tuple[Rows, SearchPlan]]:
     """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
-    (id, text, metadata, created_at, distance), and the plan used.
+    (id, text, metadata, created_at, distance[, embedding]), and the plan used.
 
     ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
     exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
@@ -378,7 +400,7 @@ def search(
     where = scope.live(f)
     params = {**scope.params, QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec"), "k": k}
     if exact is True:
-        rows, counted = yield from _exact(scope, f, where, params, _settings(None))
+        rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
         return rows, SearchPlan("exact", "forced by exact=True", counted)
 
     estimate_key = (scope.key, scope.tenant, f.shape, f.values)
@@ -397,7 +419,7 @@ def search(
         return SearchPlan(path, reason, counted, ef, p.estimated, p.selectivity, p.sampled)
 
     if exact is None and p.use_exact:
-        rows, counted = yield from _exact(scope, f, where, params, _settings(None))
+        rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
         if p.estimated <= EXACT_ROWS:
             why = f"{facts}: at most {EXACT_ROWS}: exact scan"
         else:
@@ -406,13 +428,15 @@ def search(
 
     ef = p.ef(k, ef_search)
     if f.shape == _UNFILTERED.shape:
-        walk = cached(("direct", scope.key), lambda _: _direct_statement(info, where), f, params)
+        walk = cached(
+            ("direct", scope.key, embeddings), lambda _: _direct_statement(info, where, embeddings), f, params
+        )
         rows = (yield from execute(walk, final=True, settings=_settings(ef, iterative=False)))[0].rows
         how = "HNSW scan"
     else:
         walk = cached(
-            ("hnsw", scope.key),
-            lambda _: _hnsw_statement(info, where),
+            ("hnsw", scope.key, embeddings),
+            lambda _: _hnsw_statement(info, where, embeddings),
             f,
             {**params, "fetch": HNSW_OVERFETCH * k},
         )
@@ -423,7 +447,7 @@ def search(
         return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef)
     # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact
     # scan knows whether more rows match.
-    fallback, counted = yield from _exact(scope, f, where, params, _settings(None))
+    fallback, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
     if len(fallback) > len(rows):
         return fallback, plan(
             "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, ef
