@@ -20,7 +20,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests
 
-from memorix_pg import EmbedderMismatch, FilterError, InvalidInput, MemoryAPI
+from memorix_pg import EmbedderMismatch, FilterError, InvalidInput, MemoryAPI, list_collections
 from memorix_pg.integrations.langchain import (
     LangChainEmbedder,
     MemorixEmbeddings,
@@ -44,7 +44,7 @@ class TestMemorixVectorStoreStandard(VectorStoreIntegrationTests):
         try:
             yield store
         finally:
-            store.delete(filter={})  # the database goes with the database_url fixture
+            store.delete_collection()
 
     @property
     def has_sync(self) -> bool:
@@ -470,3 +470,18 @@ def test_langchain_indexing_api_keeps_the_store_in_step(
         "num_deleted": 1,
     }
     assert sorted(d.page_content for d in store.similarity_search("fruit", k=10)) == ["apricots", "bananas"]
+
+
+def test_delete_collection_drops_it_and_the_store_makes_it_again(
+    make_store: Callable[..., Store], database_url: str
+) -> None:
+    store = make_store(distance="l2")
+    name = store.store.collection_name
+    store.add_texts(["kept until the drop"])
+    store.delete_collection()
+    assert name not in [c.name for c in list_collections(database_url)]
+    assert store.similarity_search("kept", k=5) == []  # made again, empty, with the store's options
+    [summary] = [c for c in list_collections(database_url) if c.name == name]
+    assert (summary.distance, summary.count) == ("l2", 0)
+    store.add_texts(["after the drop"])
+    assert [d.page_content for d in store.similarity_search("after", k=5)] == ["after the drop"]

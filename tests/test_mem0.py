@@ -131,7 +131,7 @@ def test_the_memories_are_a_memorix_collection(
         assert row.metadata["data"] == row.text and row.metadata["hash"]
 
 
-def test_reset_empties_the_collection(memory: Any, store: MemorixVectorStore) -> None:
+def test_reset_drops_the_collection_and_the_store_goes_on(memory: Any, store: MemorixVectorStore) -> None:
     _add(memory, "Drinks coffee black", "dave")
     memory.reset()
     assert store.similarity_search("coffee", k=5) == []

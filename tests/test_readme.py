@@ -41,10 +41,9 @@ def test_torch_is_pinned_through_constraints_not_metadata() -> None:
 def test_python_quick_start_runs(
     database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Every ```python block of the README runs as written (hash embedder for speed; mem0 offline,
-    with an LLM client that is never called)."""
+    """Every ```python block of the README runs as written (hash embedder for MemoryAPI, for speed;
+    mem0 offline, with an LLM client that is never called)."""
     import memorix_pg
-    import memorix_pg.integrations.langchain as langchain_integration
 
     monkeypatch.setenv("MEMORIX_DATABASE_URL", database_url)
     real = memorix_pg.MemoryAPI
@@ -61,12 +60,9 @@ def test_python_quick_start_runs(
         return real_async(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(memorix_pg, "AsyncMemoryAPI", hashed_async)
-
-    class HashedEmbeddings(langchain_integration.MemorixEmbeddings):
-        def __init__(self, embedder: object = "hash") -> None:
-            super().__init__("hash")
-
-    monkeypatch.setattr(langchain_integration, "MemorixEmbeddings", HashedEmbeddings)
+    # MemorixEmbeddings() stays all-MiniLM-L6-v2, the model mem0 queries with; on torch, which mem0
+    # loads anyway, so that no ONNX export is written to the user's data dir.
+    monkeypatch.setenv("MEMORIX_EMBED_BACKEND", "torch")
     import_mem0_offline(tmp_path_factory)
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # a closed port, were it ever called

@@ -416,24 +416,30 @@ class MemorixVectorStore(VectorStore):
                 await api.delete(id)
         return True
 
-    def reset_collection(self) -> None:
-        """Delete every document; the collection (its embedder and distance) stays, ready for more.
-        mem0's ``Memory.reset()`` calls this."""
-        self._sync_api().delete_by_filter({})
+    def delete_collection(self) -> None:
+        """Drop the collection: its documents and its HNSW index. The store stays usable: its
+        next call creates the collection again, empty (mem0's ``Memory.reset()`` relies on that)."""
+        self._sync_api().drop()
+        self._forget_collection()
 
-    async def areset_collection(self) -> None:
-        await (await self._async_api()).delete_by_filter({})
+    async def adelete_collection(self) -> None:
+        await (await self._async_api()).drop()
+        self._forget_collection()
+
+    def _forget_collection(self) -> None:
+        """A dropped collection's API objects refuse every call: the next call makes new ones."""
+        self._memory = None
+        self._amemories.clear()
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        """The documents with these ids, in the order asked, once each; missing ids are left out."""
-        api = self._sync_api()
-        found = (api.get(id) for id in dict.fromkeys(ids))
-        return [_document(m) for m in found if m is not None]
+        """The documents with these ids, in the order asked, once each; missing ids are left out.
+        One round trip."""
+        found = self._sync_api().get(ids=list(dict.fromkeys(ids)))
+        return [_document(m) for m in found]
 
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        api = await self._async_api()
-        found = [await api.get(id) for id in dict.fromkeys(ids)]
-        return [_document(m) for m in found if m is not None]
+        found = await (await self._async_api()).get(ids=list(dict.fromkeys(ids)))
+        return [_document(m) for m in found]
 
     # -- similarity -----------------------------------------------------------------------------
 
