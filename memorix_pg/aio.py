@@ -273,7 +273,8 @@ class AsyncMemoryAPI:
         """Page through the collection in a stable order (``"newest"`` or ``"oldest"`` first, by
         creation time then id). ``cursor`` is the id of the last memory of the previous page
         (keyset paging: no row is skipped or repeated while others are written); ``offset``
-        skips rows. ``include_embeddings=True`` fills ``Memory.embedding``."""
+        skips rows. A cursor that names no memory (deleted since) is InvalidInput, not an empty page.
+        ``include_embeddings=True`` fills ``Memory.embedding``."""
         return await self._run(self._core.page(filter, limit, cursor, offset, order, include_embeddings))
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:

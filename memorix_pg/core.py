@@ -408,6 +408,13 @@ class Core:
 
         def body(scope: Scope) -> Operation[list[Memory]]:
             rows = yield from reads.page(scope, f, limit, offset, after, order, vectors)
+            if not rows and after is not None and not (yield from reads.exists(scope, after)):
+                # Keyset paging needs the cursor's row: without it the page would silently be
+                # empty, and a caller would take that for the end of the collection.
+                raise InvalidInput(
+                    f"cursor {after!r:.80} is not the id of a memory of collection "
+                    f"{self.collection_name!r} (was it deleted since the previous page?)"
+                )
             return [self.memory(r, embedding=r[4], expires_at=r[5]) for r in rows]
 
         return self._call(body, idempotent=True)

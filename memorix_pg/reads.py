@@ -16,7 +16,17 @@ from .statements import Filter, cached, compile_where
 from .steps import Operation, execute, fetch_all
 from .vector_index import collection_predicate, stored_vectors
 
-__all__ = ["MEMORY_COLUMNS", "ORDERS", "bounded_count", "count", "get", "get_many", "newest", "page"]
+__all__ = [
+    "MEMORY_COLUMNS",
+    "ORDERS",
+    "bounded_count",
+    "count",
+    "exists",
+    "get",
+    "get_many",
+    "newest",
+    "page",
+]
 
 MEMORY_COLUMNS = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at)
 _ALL = compile_where(None)
@@ -39,6 +49,17 @@ def get(scope: Scope, row_id: str, embeddings: bool = False) -> Operation[list[t
         {**scope.params, "id": row_id},
     )
     return (yield from fetch_all(query, final=True))
+
+
+def exists(scope: Scope, row_id: str) -> Operation[bool]:
+    """Whether the scope holds a memory ``row_id``, expired or not."""
+    query = cached(
+        ("exists", scope.key),
+        lambda _: sa.select(sa.exists().where(scope.rows(), memories.c.id == sa.bindparam("id"))),
+        _ALL,
+        {**scope.params, "id": row_id},
+    )
+    return bool((yield from fetch_all(query, final=True))[0][0])
 
 
 def get_many(scope: Scope, row_ids: list[str], embeddings: bool = False) -> Operation[list[tuple[Any, ...]]]:

@@ -49,3 +49,16 @@ def test_bad_paging_arguments_are_named(make_api, kwargs, fragment) -> None:
     api = make_api("bad_paging")
     with pytest.raises(InvalidInput, match=fragment):
         api.list(**kwargs)
+
+
+def test_a_cursor_that_names_no_memory_is_an_error_not_an_empty_page(make_api) -> None:
+    api = make_api("cursor_gone")
+    ids = api.store_batch(["a", "b", "c"], ids=["k1", "k2", "k3"])
+    assert [m.id for m in api.list(limit=2, order="oldest")] == ids[:2]
+    assert [m.id for m in api.list(limit=2, cursor="k2", order="oldest")] == ["k3"]
+    assert api.list(limit=2, cursor="k3", order="oldest") == []  # the end: k3 exists
+    api.delete("k2")
+    with pytest.raises(InvalidInput, match="cursor 'k2' is not the id of a memory"):
+        api.list(limit=2, cursor="k2", order="oldest")
+    with pytest.raises(InvalidInput, match="cursor 'nowhere'"):
+        api.list(cursor="nowhere")
