@@ -106,9 +106,14 @@ class LangChainEmbedder:
         return self._dim
 
     async def adim(self) -> int:
-        """``dim``, probing with ``aembed_query`` (so an event loop never waits on a sync call)."""
-        if self._dim is None and self._inner is None:
-            self.learn(await self.embeddings.aembed_query(PROBE_TEXT))
+        """``dim`` without blocking the event loop: probing with ``aembed_query``, or asking a
+        memorix embedder (which may load its model to know) in a thread."""
+        if self._dim is None:
+            inner = self._inner
+            if inner is None:
+                self.learn(await self.embeddings.aembed_query(PROBE_TEXT))
+            else:
+                self._dim = await asyncio.to_thread(lambda: inner.dim)
         return self.dim
 
     def learn(self, vector: Sequence[float]) -> None:
