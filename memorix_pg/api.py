@@ -250,8 +250,10 @@ class MemoryAPI:
         """``get(id)``: the memory, or None. ``get(ids=[...])``: the memories that exist, in the
         order of ``ids`` (missing ones skipped), in one round trip. ``include_embeddings=True``
         fills ``Memory.embedding``."""
-        if (id is None) == (ids is None):
-            raise InvalidInput("get takes an id, or ids=[...], not both and not neither")
+        if id is None and ids is None:
+            raise InvalidInput("id is None: get takes an id, or ids=[...]")
+        if id is not None and ids is not None:
+            raise InvalidInput("id and ids=[...] were both given: get takes one of them")
         if ids is not None:
             return self._run(self._core.get_many(ids, include_embeddings))
         assert id is not None

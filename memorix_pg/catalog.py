@@ -117,8 +117,8 @@ def drop_collection(info: CollectionInfo, tenant: str | None) -> Operation[bool]
         still_there = yield from fetch_one(_select_collection(info.name), final=True)
         if still_there is not None and still_there[0] == info.id:
             raise PermissionDenied(
-                f"collection {info.name!r} holds memories of other tenants (or none); a MemoryAPI "
-                f"with tenant {tenant!r} may not drop it"
+                f"collection {info.name!r} holds memories of other tenants (or without a tenant); a "
+                f"MemoryAPI with tenant {tenant!r} may not drop it"
             )
     yield Admin((Query(drop_index_sql(info, concurrently=True)),))
     return bool(deleted)

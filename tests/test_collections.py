@@ -140,8 +140,8 @@ def test_get_many_returns_what_exists_in_the_order_asked_in_one_round_trip(make_
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "not both and not neither"),
-        ({"id": "a", "ids": ["a"]}, "not both and not neither"),
+        ({}, "id is None"),
+        ({"id": "a", "ids": ["a"]}, "were both given"),
         ({"ids": "abc"}, "ids must be a list"),
         ({"ids": ["a", ""]}, "ids[1]"),
         ({"ids": ["a"], "include_embeddings": "yes"}, "include_embeddings"),
