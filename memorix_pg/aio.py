@@ -144,6 +144,14 @@ class AsyncMemoryAPI:
             raise MemorixError("the collection is not open yet: await open() or make a call first")
         return self._core.info.id
 
+    @property
+    def distance(self) -> str:
+        """The collection's distance (``"cosine"``, ``"l2"`` or ``"ip"``), fixed when it was created
+        (known once the object has been used or opened)."""
+        if self._core.info is None:
+            raise MemorixError("the collection is not open yet: await open() or make a call first")
+        return self._core.info.distance
+
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the embedding cache."""
         return self._core.cache_info()

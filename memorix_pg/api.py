@@ -144,6 +144,12 @@ class MemoryAPI:
         assert self._core.info is not None
         return self._core.info.id
 
+    @property
+    def distance(self) -> str:
+        """The collection's distance (``"cosine"``, ``"l2"`` or ``"ip"``), fixed when it was created."""
+        assert self._core.info is not None
+        return self._core.info.distance
+
     def cache_info(self) -> CacheInfo:
         """Hits, misses, maximum and current size of the embedding cache."""
         return self._core.cache_info()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mem0_env import import_mem0_offline
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -36,8 +38,11 @@ def test_torch_is_pinned_through_constraints_not_metadata() -> None:
     assert "torch" not in (ROOT / "pyproject.toml").read_text()
 
 
-def test_python_quick_start_runs(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ```python block of the README runs as written (hash embedder for speed)."""
+def test_python_quick_start_runs(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every ```python block of the README runs as written (hash embedder for MemoryAPI, for speed;
+    mem0 offline, with an LLM client that is never called)."""
     import memorix_pg
 
     monkeypatch.setenv("MEMORIX_DATABASE_URL", database_url)
@@ -55,6 +60,13 @@ def test_python_quick_start_runs(database_url: str, monkeypatch: pytest.MonkeyPa
         return real_async(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(memorix_pg, "AsyncMemoryAPI", hashed_async)
+    # MemorixEmbeddings() stays all-MiniLM-L6-v2, the model mem0 queries with; on torch, which mem0
+    # loads anyway, so that no ONNX export is written to the user's data dir.
+    monkeypatch.setenv("MEMORIX_EMBED_BACKEND", "torch")
+    import_mem0_offline(tmp_path_factory)
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # a closed port, were it ever called
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     namespace: dict[str, object] = {}
     for block in _blocks("python"):
         exec(compile(block, "README.md", "exec"), namespace)
@@ -64,6 +76,11 @@ def test_python_quick_start_runs(database_url: str, monkeypatch: pytest.MonkeyPa
     kept = memory.get(namespace["id"])  # type: ignore[arg-type]
     assert kept is not None and kept.metadata == {"type": "preference", "user_id": "u1", "confirmed": True}
     assert memory.count() == 2  # the preference and the one-time code (its TTL has not run out)
+    store = namespace["store"]
+    assert store.get_by_ids(["pg-heap"]) == []  # deleted
+    assert len(store.similarity_search("index", k=5, filter={"topic": "index"})) == 2
+    hits = namespace["agent_memory"].search("dark mode", filters={"user_id": "alice"})["results"]  # type: ignore[attr-defined]
+    assert [h["memory"] for h in hits] == ["I prefer dark mode"]
 
 
 @pytest.mark.slow
