@@ -111,6 +111,7 @@ class Sample:
     """Sampled rows of one collection and tenant: their ids and vectors, ready for one product."""
 
     ids: tuple[Any, ...]
+    id_set: frozenset[Any]
     vectors: npt.NDArray[np.float32]  # (rows, dim); unit rows for cosine
     squared_norms: npt.NDArray[np.float32]  # for l2
     distance: str
@@ -151,20 +152,19 @@ def decode_sample(row: Sequence[Any], info: CollectionInfo) -> Sample:
     if info.distance == "cosine":
         norms = np.sqrt(squared)
         vectors = (vectors / np.where(norms > 0, norms, np.float32(1.0))[:, None]).astype(np.float32)
-    return Sample(ids, np.ascontiguousarray(vectors, dtype=np.float32), squared, info.distance, half)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return Sample(ids, frozenset(ids), vectors, squared, info.distance, half)
 
 
-def nearer_rows(
-    sample: Sample, query: npt.NDArray[np.float32], kth: float, returned: set[Any], limit: int
-) -> list[Any]:
-    """Ids of up to ``limit`` sampled rows nearer to ``query`` than ``kth`` and not ``returned``,
-    nearest first: rows a correct walk would have returned."""
+def nearer_rows(sample: Sample, query: npt.NDArray[np.float32], kth: float, returned: set[Any]) -> list[Any]:
+    """Ids of the sampled rows nearer to ``query`` than ``kth`` and not ``returned``, nearest
+    first: rows a correct walk would have returned."""
     d = sample.distances(query)
     close = np.flatnonzero(d < kth - TOLERANCE * max(1.0, abs(kth)))
     if close.size == 0:
         return []
     ordered = close[np.argsort(d[close])]
-    return [sample.ids[i] for i in ordered if sample.ids[i] not in returned][:limit]
+    return [sample.ids[i] for i in ordered if sample.ids[i] not in returned]
 
 
 def nearest_rows(sample: Sample, query: npt.NDArray[np.float32], count: int) -> list[Any]:

@@ -171,3 +171,30 @@ def test_check_recall_command(trapped, database_url: str) -> None:
     assert set(report["walk_recall"]) >= {"40", "1000"}
     bad = CliRunner().invoke(main, ["check-recall", "--queries", "0", *common], env=env)
     assert bad.exit_code != 0 and "queries" in bad.output and "Traceback" not in bad.output
+
+
+def test_walks_that_miss_rows_raise_the_ef_search_floor(trapped) -> None:
+    """On a graph whose walks miss rows, the sample's estimate of their recall raises ef_search."""
+    api, vectors, _ = trapped
+    before = api.explain_retrieve(None, top_k=K, embedding=vectors[0])
+    rng = np.random.default_rng(3)
+    for q in vectors[rng.choice(ROWS, 150, replace=False)] + 0.01:
+        api.retrieve(None, top_k=K, embedding=q)
+    after = api.explain_retrieve(None, top_k=K, embedding=vectors[0])
+    assert after.ef_search > before.ef_search
+    assert "the sample showed walks missing rows" in after.reason
+
+
+def test_the_recall_estimate_raises_and_lowers_the_floor() -> None:
+    from memorix_pg.search import LOWER_AFTER_SEEN, Planner
+
+    planner = Planner()
+    planner.observe(seen=40, missed=10)  # a trap: recovered by the search, not counted
+    assert planner.ef_scale == 1
+    for _ in range(3):
+        planner.observe(seen=10, missed=1)  # 10% of the nearest rows missed
+    assert planner.ef_scale == 2
+    planner.observe(seen=LOWER_AFTER_SEEN, missed=0)
+    assert planner.ef_scale == 1
+    planner.observe(seen=LOWER_AFTER_SEEN, missed=0)
+    assert planner.ef_scale == 1  # never below the floor
