@@ -67,7 +67,7 @@ def test_set_ttl_moves_the_expiry_of_live_memories_only(make_api, database_url):
 
     def expiry(i: str) -> datetime | None:
         return sql_value(
-            database_url, "SELECT expires_at FROM memorix.memories WHERE id = %s", (uuid.UUID(i),)
+            database_url, "SELECT expires_at FROM memorix.memories WHERE id = %s", (i,)
         )
 
     before = datetime.now(UTC)
@@ -85,7 +85,7 @@ def test_set_ttl_moves_the_expiry_of_live_memories_only(make_api, database_url):
     with pytest.raises(InvalidInput, match="ttl"):
         api.set_ttl([a], timedelta(0))
     with pytest.raises(InvalidInput, match=r"ids\[1\]"):
-        api.set_ttl([a, "not-an-id"], timedelta(hours=1))
+        api.set_ttl([a, ""], timedelta(hours=1))
     with pytest.raises(InvalidInput, match="ids"):
         api.set_ttl(a, timedelta(hours=1))
     assert (
