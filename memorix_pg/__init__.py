@@ -15,9 +15,12 @@ from .errors import (
     MemoryNotFound,
     PermissionDenied,
     PgvectorMissing,
+    SchemaViolation,
+    UndeclaredFilterKey,
 )
 from .memory import Memory
 from .recall import QueryRecall, RecallReport
+from .schemas import SchemaProblem
 from .search import SearchPlan
 
 __all__ = [
@@ -41,8 +44,11 @@ __all__ = [
     "PgvectorMissing",
     "QueryRecall",
     "RecallReport",
+    "SchemaProblem",
+    "SchemaViolation",
     "SearchPlan",
     "SentenceTransformerEmbedder",
+    "UndeclaredFilterKey",
     "list_collections",
 ]
 

@@ -27,6 +27,7 @@ from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
 from .recall import RecallReport
 from .runner import AsyncRunner
+from .schemas import SchemaProblem
 from .search import SearchPlan
 from .steps import Call
 
@@ -45,7 +46,10 @@ class AsyncMemoryAPI:
     of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
     enforced by PostgreSQL row-level security for roles that do not own the table.
     ``encryption_key`` encrypts texts (and the ``encrypted_metadata`` keys' values) with
-    AES-GCM before they leave the process; embeddings stay searchable.
+    AES-GCM before they leave the process; embeddings stay searchable. ``schema`` (a JSON
+    Schema) is stored with the collection and checks the metadata of every write;
+    ``strict_filters`` (``"error"``, ``"warn"``, ``"off"``) says what a filter on a key the
+    schema does not declare does.
 
     Connections come from one pool per process and URL, shared by every ``MemoryAPI``
     (``pool_size``, ``max_overflow``, ``pool_timeout``, ``connect_timeout`` configure it), or
@@ -67,6 +71,8 @@ class AsyncMemoryAPI:
         tenant: str | None = None,
         encryption_key: str | bytes | None = None,
         encrypted_metadata: Sequence[str] = (),
+        schema: Mapping[str, Any] | None = None,
+        strict_filters: str = "warn",
         pool: Any = None,
         pool_size: int = 5,
         max_overflow: int = 10,
@@ -86,6 +92,8 @@ class AsyncMemoryAPI:
             tenant=tenant,
             encryption_key=encryption_key,
             encrypted_metadata=encrypted_metadata,
+            schema=schema,
+            strict_filters=strict_filters,
         )
         self._options = PoolOptions(pool_size, max_overflow, pool_timeout, connect_timeout)
         self._pool = pool
@@ -394,6 +402,23 @@ class AsyncMemoryAPI:
         """Pairs of memories whose similarity (the score ``retrieve`` reports) is at least
         ``threshold``, most similar first, found through the collection's index."""
         return await self._run(self._core.find_duplicates(threshold, limit, neighbours))
+
+    # -- governance -----------------------------------------------------------------------
+
+    async def set_schema(self, schema: Mapping[str, Any] | None) -> None:
+        """Store ``schema`` (a JSON Schema for metadata; None removes it) with the collection:
+        every later write, from any process that opens the collection, is checked against it.
+        Memories already stored are not checked; ``validate_existing()`` lists those that break it."""
+        await self._run(self._core.set_schema(schema))
+
+    async def get_schema(self) -> dict[str, Any] | None:
+        """The collection's metadata schema, or None."""
+        return await self._run(self._core.get_schema())
+
+    async def validate_existing(self) -> builtins.list[SchemaProblem]:
+        """The stored memories (of this tenant) whose metadata breaks the schema: one
+        ``SchemaProblem(id, path, message)`` per broken rule, by id."""
+        return await self._run(self._core.validate_existing())
 
     async def drop(self) -> bool:
         """Drop the collection: its memories (of every tenant) and its HNSW index, in one

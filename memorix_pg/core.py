@@ -20,7 +20,14 @@ import numpy.typing as npt
 
 from . import lifecycle, reads, recall, writes
 from .cache import CacheInfo
-from .catalog import CollectionSummary, collection_summaries, drop_collection, open_collection
+from .catalog import (
+    CollectionSummary,
+    collection_summaries,
+    drop_collection,
+    open_collection,
+    read_metadata_schema,
+    write_metadata_schema,
+)
 from .crypto import Sealer, TextCipher
 from .database import check_pgvector, get_engine, resolve_database
 from .embedders import Embedder, resolve_embedder
@@ -28,6 +35,7 @@ from .embedding import Embedding
 from .errors import CollectionNotFound, ConfigurationError, FilterError, InvalidInput, MemoryNotFound
 from .filters import index_expression
 from .memory import Memory
+from .schemas import MetadataSchema, SchemaProblem, check_strict_filters
 from .scope import Scope, tenant_settings
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
 from .server import ensure_embedded_server
@@ -155,6 +163,8 @@ class Core:
         tenant: str | None,
         encryption_key: str | bytes | None,
         encrypted_metadata: Sequence[str],
+        schema: Mapping[str, Any] | None = None,
+        strict_filters: str = "warn",
     ) -> None:
         if vector_store not in VECTOR_STORES:
             raise ConfigurationError(
@@ -177,6 +187,11 @@ class Core:
         self.info: CollectionInfo | None = None
         self.dropped = False  # by drop(): every later call raises CollectionNotFound
         self.settings: tuple[Query, ...] = tenant_settings(self.tenant)
+        # A schema given here replaces the stored one when the collection opens; without one,
+        # the stored schema (if any) is read then.
+        self.schema = MetadataSchema(schema) if schema is not None else None
+        self.schema_given = schema is not None
+        self.strict_filters = check_strict_filters(strict_filters)
 
     # -- opening ------------------------------------------------------------------------
 
@@ -202,6 +217,13 @@ class Core:
             self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
         )
         yield from repair(info)
+        if self.schema_given:
+            assert self.schema is not None
+            yield from write_metadata_schema(info, self.schema.document)
+            self.schema_given = False  # written once; later opens read it back
+        else:
+            stored = yield from read_metadata_schema(info)
+            self.schema = MetadataSchema(stored) if stored is not None else None
         self.info = info
         return info
 
@@ -242,6 +264,8 @@ class Core:
     def _where(self, filter: Mapping[str, Any] | None) -> Filter:
         compiled = compile_where(filter)  # first: it bounds the filter's depth for check_filter
         self.sealer.check_filter(filter)
+        if self.schema is not None:
+            self.schema.check_filter(filter, self.strict_filters)
         return compiled
 
     def memory(
@@ -315,6 +339,9 @@ class Core:
         deduping = self.dedupe if dedupe is None else dedupe
 
         def body(scope: Scope) -> Operation[list[str]]:
+            if self.schema is not None:
+                for i, m in enumerate(clean_metas):
+                    self.schema.check(m, i, f"metadatas[{i}]")
             stored = yield from writes.store(
                 scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
             )
@@ -330,6 +357,17 @@ class Core:
         new_text = check_text(text) if text is not None else None
 
         def body(scope: Scope) -> Operation[Memory]:
+            if self.schema is not None:
+                current = yield from writes.locked_metadata(scope, row_id)
+                if current is None:
+                    raise MemoryNotFound(
+                        f"no memory with id {row_id!r} in collection {self.collection_name!r}"
+                    )
+                merged = self.sealer.open_metadata(row_id, current)
+                merged.update((k, v) for k, v in patch.items() if v is not None)
+                for key in removed:
+                    merged.pop(key, None)
+                self.schema.check(merged, 0, "metadata")
             replacement = None
             if new_text is not None:
                 vector = (yield from offload(self.embedding.embed, [new_text]))[0]
@@ -596,6 +634,36 @@ class Core:
         def body(scope: Scope) -> Operation[str]:
             yield from create_expression_index(name, lambda column: index_expression(key, type, column))
             return name
+
+        return self._call(body, idempotent=True)
+
+    # -- governance ---------------------------------------------------------------------
+
+    def set_schema(self, schema: Mapping[str, Any] | None) -> Call[None]:
+        checked = MetadataSchema(schema) if schema is not None else None
+
+        def body(scope: Scope) -> Operation[None]:
+            yield from write_metadata_schema(scope.info, checked.document if checked else None)
+            self.schema = checked
+
+        return self._call(body)
+
+    def get_schema(self) -> Call[dict[str, Any] | None]:
+        def body(scope: Scope) -> Operation[dict[str, Any] | None]:
+            return dict(self.schema.document) if self.schema is not None else None
+            yield  # pragma: no cover - makes this a generator
+
+        return self._call(body, idempotent=True)
+
+    def validate_existing(self) -> Call[list[SchemaProblem]]:
+        def body(scope: Scope) -> Operation[list[SchemaProblem]]:
+            if self.schema is None:
+                return []
+            rows = yield from reads.all_metadata(scope)
+            problems: list[SchemaProblem] = []
+            for row_id, metadata in rows:
+                problems += self.schema.problems(row_id, self.sealer.open_metadata(row_id, dict(metadata)))
+            return problems
 
         return self._call(body, idempotent=True)
 

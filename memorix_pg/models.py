@@ -65,6 +65,8 @@ class Collection(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # The JSON Schema every memory's metadata must satisfy (migration 0006); NULL: none.
+    metadata_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
 
 class MemoryRecord(Base):
