@@ -2,6 +2,7 @@
 
 from .aio import AsyncMemoryAPI
 from .api import VECTOR_STORES, CollectionSummary, MemoryAPI, list_collections
+from .backup import BackupReport, backup, restore
 from .embedders import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .errors import (
     CollectionNotFound,
@@ -26,6 +27,7 @@ from .search import SearchPlan
 __all__ = [
     "VECTOR_STORES",
     "AsyncMemoryAPI",
+    "BackupReport",
     "CollectionNotFound",
     "CollectionSummary",
     "ConfigurationError",
@@ -49,7 +51,9 @@ __all__ = [
     "SearchPlan",
     "SentenceTransformerEmbedder",
     "UndeclaredFilterKey",
+    "backup",
     "list_collections",
+    "restore",
 ]
 
 __version__ = "0.1.0"

@@ -684,5 +684,45 @@ def mcp(
     )
 
 
+@main.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+@database_option
+@_clean_errors
+def backup_command(path: str, database_url: str | None) -> None:
+    """Back up the memorix schema (collections, memories, vectors, indexes, RLS policies) to
+    FILE with pg_dump.
+
+    \b
+    Example:
+      memorix-pg backup memories.dump
+    """
+    from .backup import backup
+
+    report = backup(path, database_url)
+    click.echo(
+        f"backed up {report.collections} collections, {report.memories} memories to {report.path} "
+        f"({report.bytes} bytes)"
+    )
+
+
+@main.command("restore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", is_flag=True, help="Replace the collections the database holds already.")
+@database_option
+@_clean_errors
+def restore_command(path: str, replace: bool, database_url: str | None) -> None:
+    """Restore a backup made by `memorix-pg backup`, in one transaction. Refuses a database
+    that holds collections unless --replace.
+
+    \b
+    Example:
+      memorix-pg restore memories.dump --replace
+    """
+    from .backup import restore
+
+    report = restore(path, database_url, replace=replace)
+    click.echo(f"restored {report.collections} collections, {report.memories} memories from {report.path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
