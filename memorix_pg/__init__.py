@@ -1,7 +1,7 @@
 """memorix-pg: a PostgreSQL + pgvector storage engine for AI memory."""
 
 from .aio import AsyncMemoryAPI
-from .api import VECTOR_STORES, CollectionSummary, MemoryAPI, list_collections
+from .api import VECTOR_STORES, CollectionSummary, ForgetReceipt, MemoryAPI, forget, list_collections
 from .backup import BackupReport, backup, restore
 from .embedders import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .errors import (
@@ -36,6 +36,7 @@ __all__ = [
     "Embedder",
     "EmbedderMismatch",
     "FilterError",
+    "ForgetReceipt",
     "HashEmbedder",
     "InvalidInput",
     "MemorixError",
@@ -52,6 +53,7 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "UndeclaredFilterKey",
     "backup",
+    "forget",
     "list_collections",
     "restore",
 ]

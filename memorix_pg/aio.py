@@ -23,7 +23,7 @@ from .connections import PoolOptions, async_source
 from .core import Core
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
-from .lifecycle import CompressionReport, DuplicatePair, Summarizer
+from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
 from .runner import AsyncRunner
@@ -404,6 +404,14 @@ class AsyncMemoryAPI:
         return await self._run(self._core.find_duplicates(threshold, limit, neighbours))
 
     # -- governance -----------------------------------------------------------------------
+
+    async def forget(
+        self, filter: Mapping[str, Any], all_collections: bool = True, *, dry_run: bool = False
+    ) -> ForgetReceipt:
+        """Erase a person: the memories matching ``filter`` (of this object's tenant) in every
+        collection (only this one with ``all_collections=False``), archives included, and the
+        compressed summaries built from them, in one transaction. Returns the receipt."""
+        return await self._run(self._core.forget(filter, all_collections, dry_run))
 
     async def set_schema(self, schema: Mapping[str, Any] | None) -> None:
         """Store ``schema`` (a JSON Schema for metadata; None removes it) with the collection:

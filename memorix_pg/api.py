@@ -18,20 +18,30 @@ import numpy.typing as npt
 from .cache import CacheInfo
 from .catalog import CollectionSummary
 from .connections import PoolOptions, sync_source
-from .core import VECTOR_STORES, Core, forget_database
+from .core import VECTOR_STORES, Core, forget_database, forget_everywhere
 from .core import list_collections as list_collections_call
 from .database import resolve_database
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
-from .lifecycle import CompressionReport, DuplicatePair, Summarizer
+from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
 from .runner import SyncRunner
 from .schemas import SchemaProblem
+from .scope import tenant_settings
 from .search import SearchPlan
 from .steps import Call
+from .validation import check_tenant
 
-__all__ = ["VECTOR_STORES", "CollectionSummary", "MemoryAPI", "forget_database", "list_collections"]
+__all__ = [
+    "VECTOR_STORES",
+    "CollectionSummary",
+    "ForgetReceipt",
+    "MemoryAPI",
+    "forget",
+    "forget_database",
+    "list_collections",
+]
 
 T = TypeVar("T")
 
@@ -43,6 +53,23 @@ def list_collections(database_url: str | None = None) -> builtins.list[Collectio
     url = resolve_database(database_url).url
     runner = SyncRunner(sync_source(url, PoolOptions()), url)
     return runner.run(list_collections_call(url))
+
+
+def forget(
+    filter: Mapping[str, Any],
+    database_url: str | None = None,
+    tenant: str | None = None,
+    *,
+    dry_run: bool = False,
+) -> ForgetReceipt:
+    """Erase a person: every memory matching ``filter`` in every collection (archives
+    included) and every compressed summary built from them, in one transaction. Without a
+    ``tenant``, rows of every tenant the role can see; with one, that tenant's only. Returns the
+    receipt (memories and summaries removed per collection); ``dry_run`` counts, deletes nothing."""
+    url = resolve_database(database_url).url
+    checked = check_tenant(tenant)
+    runner = SyncRunner(sync_source(url, PoolOptions()), url, tenant_settings(checked))
+    return runner.run(forget_everywhere(url, filter, checked, dry_run))
 
 
 class MemoryAPI:
@@ -397,6 +424,14 @@ class MemoryAPI:
         return self._run(self._core.find_duplicates(threshold, limit, neighbours))
 
     # -- governance -----------------------------------------------------------------------
+
+    def forget(
+        self, filter: Mapping[str, Any], all_collections: bool = True, *, dry_run: bool = False
+    ) -> ForgetReceipt:
+        """Erase a person: the memories matching ``filter`` (of this object's tenant) in every
+        collection (only this one with ``all_collections=False``), archives included, and the
+        compressed summaries built from them, in one transaction. Returns the receipt."""
+        return self._run(self._core.forget(filter, all_collections, dry_run))
 
     def set_schema(self, schema: Mapping[str, Any] | None) -> None:
         """Store ``schema`` (a JSON Schema for metadata; None removes it) with the collection:

@@ -61,7 +61,14 @@ from .vector_index import (
     score_from_distance,
 )
 
-__all__ = ["MAX_TOP_K", "VECTOR_STORES", "Core", "forget_database", "list_collections"]
+__all__ = [
+    "MAX_TOP_K",
+    "VECTOR_STORES",
+    "Core",
+    "forget_database",
+    "forget_everywhere",
+    "list_collections",
+]
 
 T = TypeVar("T")
 
@@ -103,6 +110,34 @@ def list_collections(url: str) -> Call[list[CollectionSummary]]:
         return (yield from collection_summaries())
 
     return Call(make, idempotent=True, scoped=False)
+
+
+def _subject(filter: Mapping[str, Any] | None) -> Filter:
+    if not filter or not isinstance(filter, Mapping):
+        raise FilterError(
+            "forget needs a non-empty filter naming the subject, e.g. {'user_id': 'u1'} "
+            "(to delete everything, drop the collections)"
+        )
+    return compile_where(filter)
+
+
+def forget_everywhere(
+    url: str, filter: Mapping[str, Any] | None, tenant: str | None, dry_run: bool
+) -> Call[lifecycle.ForgetReceipt]:
+    """Every memory matching ``filter`` in every collection of the database (of ``tenant``
+    only, when given), and the summaries built from them: one statement."""
+    f = _subject(filter)
+    _check_bool(dry_run, "dry_run")
+
+    def make() -> Operation[lifecycle.ForgetReceipt]:
+        yield from offload(prepare_database, url, True)
+        return (
+            yield from lifecycle.forget(
+                f, tenant=tenant, every_tenant=True, collection_id=None, dry_run=dry_run
+            )
+        )
+
+    return Call(make)
 
 
 def forget_database(url: str) -> None:
@@ -638,6 +673,27 @@ class Core:
         return self._call(body, idempotent=True)
 
     # -- governance ---------------------------------------------------------------------
+
+    def forget(
+        self, filter: Mapping[str, Any] | None, all_collections: bool, dry_run: bool
+    ) -> Call[lifecycle.ForgetReceipt]:
+        f = _subject(filter)
+        self.sealer.check_filter(filter)
+        everywhere = _check_bool(all_collections, "all_collections")
+        _check_bool(dry_run, "dry_run")
+
+        def body(scope: Scope) -> Operation[lifecycle.ForgetReceipt]:
+            receipt = yield from lifecycle.forget(
+                f,
+                tenant=self.tenant,
+                every_tenant=False,
+                collection_id=None if everywhere else scope.info.id,
+                dry_run=dry_run,
+            )
+            self.planner.changed_rows(receipt.memories.get(self.collection_name, 0))
+            return receipt
+
+        return self._call(body)
 
     def set_schema(self, schema: Mapping[str, Any] | None) -> Call[None]:
         checked = MetadataSchema(schema) if schema is not None else None
