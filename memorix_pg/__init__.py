@@ -19,6 +19,7 @@ from .errors import (
     SchemaViolation,
     UndeclaredFilterKey,
 )
+from .history import HistoryEvent
 from .memory import Memory
 from .recall import QueryRecall, RecallReport
 from .schemas import SchemaProblem
@@ -38,6 +39,7 @@ __all__ = [
     "FilterError",
     "ForgetReceipt",
     "HashEmbedder",
+    "HistoryEvent",
     "InvalidInput",
     "MemorixError",
     "Memory",

@@ -23,6 +23,7 @@ from .connections import PoolOptions, async_source
 from .core import Core
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
+from .history import HistoryEvent
 from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
@@ -49,7 +50,8 @@ class AsyncMemoryAPI:
     AES-GCM before they leave the process; embeddings stay searchable. ``schema`` (a JSON
     Schema) is stored with the collection and checks the metadata of every write;
     ``strict_filters`` (``"error"``, ``"warn"``, ``"off"``) says what a filter on a key the
-    schema does not declare does.
+    schema does not declare does. ``actor`` names who writes in the history (default: the
+    database role); ``history_retention`` makes ``purge_expired`` also delete older events.
 
     Connections come from one pool per process and URL, shared by every ``MemoryAPI``
     (``pool_size``, ``max_overflow``, ``pool_timeout``, ``connect_timeout`` configure it), or
@@ -73,6 +75,8 @@ class AsyncMemoryAPI:
         encrypted_metadata: Sequence[str] = (),
         schema: Mapping[str, Any] | None = None,
         strict_filters: str = "warn",
+        actor: str | None = None,
+        history_retention: timedelta | None = None,
         pool: Any = None,
         pool_size: int = 5,
         max_overflow: int = 10,
@@ -94,6 +98,8 @@ class AsyncMemoryAPI:
             encrypted_metadata=encrypted_metadata,
             schema=schema,
             strict_filters=strict_filters,
+            actor=actor,
+            history_retention=history_retention,
         )
         self._options = PoolOptions(pool_size, max_overflow, pool_timeout, connect_timeout)
         self._pool = pool
@@ -404,6 +410,24 @@ class AsyncMemoryAPI:
         return await self._run(self._core.find_duplicates(threshold, limit, neighbours))
 
     # -- governance -----------------------------------------------------------------------
+
+    async def history(
+        self,
+        id: str | UUID | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[HistoryEvent]:
+        """``history(id)``: the events of one memory, oldest first (in any collection: an archive
+        moves it). Otherwise this collection's events whose metadata (after the change) matches
+        ``filter``, at or after ``since``, newest first. Each event: operation, text hashes
+        before/after, metadata, actor and time, written in the same statement as the change."""
+        return await self._run(self._core.history(id, filter, since, limit))
+
+    async def prune_history(self, older_than: timedelta) -> int:
+        """Delete this collection's history events older than ``older_than``; returns how many."""
+        return await self._run(self._core.prune_history(older_than))
 
     async def forget(
         self, filter: Mapping[str, Any], all_collections: bool = True, *, dry_run: bool = False

@@ -8,6 +8,7 @@ lifecycle), written once for both.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
+from . import history as history_events
 from . import lifecycle, reads, recall, writes
 from .cache import CacheInfo
 from .catalog import (
@@ -33,14 +35,15 @@ from .database import check_pgvector, get_engine, resolve_database
 from .embedders import Embedder, resolve_embedder
 from .embedding import Embedding
 from .errors import CollectionNotFound, ConfigurationError, FilterError, InvalidInput, MemoryNotFound
-from .filters import index_expression
+from .filters import compile_filter, index_expression
 from .memory import Memory
+from .models import history
 from .schemas import MetadataSchema, SchemaProblem, check_strict_filters
 from .scope import Scope, tenant_settings
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
 from .server import ensure_embedded_server
 from .statements import Filter, compile_where
-from .steps import Call, Operation, Query, offload
+from .steps import Call, Operation, Query, offload, set_local
 from .validation import (
     check_batch_lengths,
     check_collection_name,
@@ -112,6 +115,15 @@ def list_collections(url: str) -> Call[list[CollectionSummary]]:
     return Call(make, idempotent=True, scoped=False)
 
 
+OPERATION_SETTING = "memorix.operation"
+ACTOR_SETTING = "memorix.actor"
+
+
+def _labelled(operation: str | None) -> tuple[Query, ...]:
+    """The setting the history triggers (migration 0007) read the operation's name from."""
+    return (set_local(OPERATION_SETTING, operation),) if operation is not None else ()
+
+
 def _subject(filter: Mapping[str, Any] | None) -> Filter:
     if not filter or not isinstance(filter, Mapping):
         raise FilterError(
@@ -127,17 +139,18 @@ def forget_everywhere(
     """Every memory matching ``filter`` in every collection of the database (of ``tenant``
     only, when given), and the summaries built from them: one statement."""
     f = _subject(filter)
+    in_history = compile_filter(filter, history.c.metadata)
     _check_bool(dry_run, "dry_run")
 
     def make() -> Operation[lifecycle.ForgetReceipt]:
         yield from offload(prepare_database, url, True)
         return (
             yield from lifecycle.forget(
-                f, tenant=tenant, every_tenant=True, collection_id=None, dry_run=dry_run
+                f, in_history, tenant=tenant, every_tenant=True, collection_id=None, dry_run=dry_run
             )
         )
 
-    return Call(make)
+    return Call(make, settings=_labelled("forget"))
 
 
 def forget_database(url: str) -> None:
@@ -200,6 +213,8 @@ class Core:
         encrypted_metadata: Sequence[str],
         schema: Mapping[str, Any] | None = None,
         strict_filters: str = "warn",
+        actor: str | None = None,
+        history_retention: timedelta | None = None,
     ) -> None:
         if vector_store not in VECTOR_STORES:
             raise ConfigurationError(
@@ -227,6 +242,15 @@ class Core:
         self.schema = MetadataSchema(schema) if schema is not None else None
         self.schema_given = schema is not None
         self.strict_filters = check_strict_filters(strict_filters)
+        if actor is not None:
+            if not isinstance(actor, str) or not actor.strip() or "\x00" in actor:
+                raise ConfigurationError(f"actor must be a non-empty str, got {actor!r:.80}")
+            self.settings += (set_local(ACTOR_SETTING, actor),)
+        self.history_retention = (
+            _positive_timedelta(history_retention, "history_retention")
+            if history_retention is not None
+            else None
+        )
 
     # -- opening ------------------------------------------------------------------------
 
@@ -252,12 +276,13 @@ class Core:
             self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
         )
         yield from repair(info)
+        stored = yield from read_metadata_schema(info)
         if self.schema_given:
             assert self.schema is not None
-            yield from write_metadata_schema(info, self.schema.document)
+            if stored != self.schema.document:  # an unchanged schema needs no UPDATE privilege
+                yield from write_metadata_schema(info, self.schema.document)
             self.schema_given = False  # written once; later opens read it back
         else:
-            stored = yield from read_metadata_schema(info)
             self.schema = MetadataSchema(stored) if stored is not None else None
         self.info = info
         return info
@@ -281,8 +306,8 @@ class Core:
         assert self.info is not None
         return planner_for(self.url, self.info.id)
 
-    def _call(self, body: Any, idempotent: bool = False) -> Call[Any]:
-        """``body(scope)`` after the collection is open."""
+    def _call(self, body: Any, idempotent: bool = False, operation: str | None = None) -> Call[Any]:
+        """``body(scope)`` after the collection is open; ``operation`` names its writes in the history."""
 
         def make() -> Operation[Any]:
             yield from self.opened()
@@ -294,7 +319,7 @@ class Core:
                 self.info = None
                 raise
 
-        return Call(make, idempotent=idempotent)
+        return Call(make, idempotent=idempotent, settings=_labelled(operation))
 
     def _where(self, filter: Mapping[str, Any] | None) -> Filter:
         compiled = compile_where(filter)  # first: it bounds the filter's depth for check_filter
@@ -560,7 +585,7 @@ class Core:
     def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = _positive_timedelta(older_than, "older_than")
         f = self._where(filter)
-        return self._call(lambda scope: lifecycle.cleanup(scope, self.planner, f, age))
+        return self._call(lambda scope: lifecycle.cleanup(scope, self.planner, f, age), operation="cleanup")
 
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = _positive_timedelta(older_than, "older_than")
@@ -574,10 +599,16 @@ class Core:
         expires_at = _expiry(ttl)
         if not row_ids:
             return Call(lambda: _done(0))
-        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at))
+        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at), operation="ttl")
 
     def purge_expired(self) -> Call[int]:
-        return self._call(lambda scope: lifecycle.purge_expired(scope, self.planner))
+        def body(scope: Scope) -> Operation[int]:
+            purged = yield from lifecycle.purge_expired(scope, self.planner)
+            if self.history_retention is not None:
+                yield from history_events.prune(scope, self.history_retention)
+            return purged
+
+        return self._call(body, operation="purge")
 
     def archive(self, filter: Mapping[str, Any], to: str) -> Call[int]:
         if filter is None:
@@ -597,7 +628,7 @@ class Core:
                 yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target.id), f, target)
             )
 
-        return self._call(body)
+        return self._call(body, operation="archive")
 
     def compress(
         self,
@@ -623,7 +654,8 @@ class Core:
                 min_group=min_group,
                 max_chars=max_chars,
                 group_by=group_by,
-            )
+            ),
+            operation="compress",
         )
 
     def find_duplicates(
@@ -685,6 +717,7 @@ class Core:
         def body(scope: Scope) -> Operation[lifecycle.ForgetReceipt]:
             receipt = yield from lifecycle.forget(
                 f,
+                compile_filter(filter, history.c.metadata),
                 tenant=self.tenant,
                 every_tenant=False,
                 collection_id=None if everywhere else scope.info.id,
@@ -693,7 +726,37 @@ class Core:
             self.planner.changed_rows(receipt.memories.get(self.collection_name, 0))
             return receipt
 
-        return self._call(body)
+        return self._call(body, operation="forget")
+
+    def history(
+        self, id: str | UUID | None, filter: Mapping[str, Any] | None, since: datetime | None, limit: int
+    ) -> Call[list[history_events.HistoryEvent]]:
+        row_id = check_id(id) if id is not None else None
+        if row_id is not None and filter is not None:
+            raise InvalidInput("history takes an id or a filter, not both")
+        _check_int(limit, "limit", 1, MAX_TOP_K)
+        after = check_timestamp(since, "since") if since is not None else None
+        where = compile_filter(filter, history.c.metadata)
+
+        def body(scope: Scope) -> Operation[list[history_events.HistoryEvent]]:
+            if row_id is not None:
+                rows = yield from history_events.events_of(scope, row_id, limit)
+            else:
+                rows = yield from history_events.events(scope, where, after, limit)
+            return [self._event(r) for r in rows]
+
+        return self._call(body, idempotent=True)
+
+    def _event(self, row: Sequence[Any]) -> history_events.HistoryEvent:
+        event = history_events.HistoryEvent(*row)
+        if event.metadata is not None and event.memory_id is not None:
+            opened = self.sealer.open_metadata(event.memory_id, dict(event.metadata))
+            event = dataclasses.replace(event, metadata=opened)
+        return event
+
+    def prune_history(self, older_than: timedelta) -> Call[int]:
+        age = _positive_timedelta(older_than, "older_than")
+        return self._call(lambda scope: history_events.prune(scope, age))
 
     def set_schema(self, schema: Mapping[str, Any] | None) -> Call[None]:
         checked = MetadataSchema(schema) if schema is not None else None
@@ -732,7 +795,7 @@ class Core:
             self.info, self.dropped = None, True
             return dropped
 
-        return self._call(body)
+        return self._call(body, operation="drop")
 
     def rotate_key(
         self, new_key: str | bytes | None, batch: int, encrypted_metadata: Sequence[str] | None
@@ -746,7 +809,7 @@ class Core:
             self.sealer = new
             return rewritten
 
-        return self._call(body)
+        return self._call(body, operation="rotate_key")
 
 
 def _nothing() -> Operation[list[str]]:

@@ -60,6 +60,16 @@ def _schema_objects(url: str) -> dict[str, object]:
                 "ORDER BY collection_id, id"
             ).fetchall(),
             "revision": conn.execute("SELECT version_num FROM memorix.alembic_version").fetchall(),
+            "history": conn.execute(
+                "SELECT event_id, collection_id, memory_id, operation, text_hash_after, metadata, actor, at "
+                "FROM memorix.history ORDER BY event_id"
+            ).fetchall(),
+            "triggers": sorted(
+                conn.execute(
+                    "SELECT tgname FROM pg_trigger "
+                    "WHERE tgrelid = 'memorix.memories'::regclass AND NOT tgisinternal"
+                ).fetchall()
+            ),
         }
 
 
@@ -91,6 +101,7 @@ def test_backup_and_restore_round_trip_everything(
     assert after == before
     assert any("hnsw" in d for d in after["indexes"])  # type: ignore[union-attr]
     assert after["policies"] and after["rls"] == (True,)
+    assert len(after["history"]) == 42 and len(after["triggers"]) == 3  # type: ignore[arg-type]
     # The restored database serves searches, vectors equal bit for bit.
     original = MemoryAPI(embedder="hash-16", collection_name="notes", database_url=database_url)
     copy = MemoryAPI(embedder="hash-16", collection_name="notes", database_url=other_database_url)

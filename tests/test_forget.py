@@ -82,13 +82,14 @@ def _fill(make_api) -> tuple[object, list[str]]:  # type: ignore[no-untyped-def]
 def test_forget_leaves_no_trace_in_any_table_or_export(make_api, database_url: str) -> None:
     chat, subject_ids = _fill(make_api)
     before = _traces(database_url, [SUBJECT, SECRET])
-    assert {t for t, _, _ in before} == {"memories"}
+    assert {t for t, _, _ in before} == {"memories", "history"}  # history: the events of their writes
     dry = chat.forget({"user_id": SUBJECT}, dry_run=True)
     assert dry.dry_run and dry.total == 5
     assert _traces(database_url, [SUBJECT, SECRET]) == before  # nothing deleted by a dry run
     receipt = chat.forget({"user_id": SUBJECT})
     assert receipt.memories == {"chat": 2, "chat_archive": 1, "notes": 2}
     assert receipt.summaries == {"chat": 1, "notes": 1} and receipt.total == 5
+    assert receipt.history == dry.history > 0
     assert _traces(database_url, [SUBJECT, SECRET, *subject_ids]) == []
     exported = _exports(database_url)
     assert SUBJECT not in exported and SECRET not in exported
@@ -141,7 +142,9 @@ def test_the_cli_forgets(make_api, database_url: str) -> None:
     assert json.loads(dry.output)["total"] == 0
     result = runner.invoke(main, ["forget", "--where", json.dumps({"user_id": SUBJECT})], env=env)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {
+    printed = json.loads(result.output)
+    assert printed.pop("history") > 0
+    assert printed == {
         "dry_run": False,
         "memories": {"chat": 2, "chat_archive": 1, "notes": 2},
         "summaries": {"chat": 1, "notes": 1},

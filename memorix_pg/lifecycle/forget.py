@@ -3,7 +3,9 @@
 One statement, so one transaction: a recursive CTE collects the matching memories (of every
 collection, archives included, or of one), then the compressed summaries whose ``source_ids``
 name any of them, then summaries of those summaries; one DELETE removes them all and the
-receipt counts them per collection.
+receipt counts them per collection. In the same statement the person's history events (those
+whose metadata matches the filter, every event of those memories, and of the memories removed
+now) become tombstones; the trigger records the removals themselves as tombstones.
 
 Summaries are deleted, not rebuilt: compression deleted their originals, so a summary cannot
 be rebuilt without the subject's part. A summary whose originals all carried the filter's keys
@@ -21,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import collections, memories
+from ..models import collections, history, memories
 from ..statements import Filter, adhoc
-from ..steps import Operation, fetch_all
+from ..steps import Operation, fetch_one
 
 __all__ = ["ForgetReceipt", "forget"]
 
@@ -37,6 +39,7 @@ class ForgetReceipt:
 
     memories: dict[str, int] = field(default_factory=dict)
     summaries: dict[str, int] = field(default_factory=dict)
+    history: int = 0  # earlier history events of theirs turned into tombstones
     dry_run: bool = False
 
     @property
@@ -53,6 +56,7 @@ def _tenant_rows(table: Any, tenant: str | None, every_tenant: bool) -> sa.Colum
 
 def forget(
     f: Filter,
+    in_history: sa.ColumnElement[bool],
     *,
     tenant: str | None,
     every_tenant: bool,
@@ -63,7 +67,9 @@ def forget(
 
     ``tenant`` restricts to that tenant's rows; without one, ``every_tenant`` says whether rows
     of every tenant go (else only rows without a tenant). ``collection_id`` restricts the
-    matching memories to one collection (summaries are followed everywhere).
+    matching memories to one collection (summaries are followed everywhere). ``in_history`` is
+    the filter over ``history.metadata``: the events whose document names the subject, and those
+    of the memories removed, become tombstones (no id, text hash or metadata).
     """
     where = [f.expression, _tenant_rows(memories, tenant, every_tenant)]
     if collection_id is not None:
@@ -95,24 +101,63 @@ def forget(
             .returning(memories.c.collection_id, is_summary.label("summary"))
             .cte("gone")
         )
-    statement = (
+    per_collection = (
         sa.select(
-            collections.c.name,
-            sa.func.count(),
-            sa.func.count().filter(gone.c.summary),
+            collections.c.name.label("name"),
+            sa.func.count().label("n"),
+            sa.func.count().filter(gone.c.summary).label("s"),
         )
         .select_from(gone.join(collections, collections.c.id == gone.c.collection_id))
         .group_by(collections.c.name)
-        .order_by(collections.c.name)
+        .subquery("per_collection")
+    )
+    # Every event of a memory one of whose documents named the subject (its later delete or
+    # compress event carries no document), and every event of the memories removed now.
+    named = sa.select(history.c.memory_id).where(in_history, _tenant_rows(history, tenant, every_tenant))
+    tomb_where = sa.and_(
+        sa.or_(
+            in_history,
+            history.c.memory_id.in_(named),
+            history.c.memory_id.in_(sa.select(doomed.c.id)),
+        ),
+        _tenant_rows(history, tenant, every_tenant),
+        history.c.forgotten.is_(False),
+    )
+    if dry_run:
+        tombs = sa.select(history.c.event_id).where(tomb_where).cte("tombs")
+    else:
+        tombs = (
+            sa.update(history)
+            .where(tomb_where)
+            .values(
+                memory_id=None, text_hash_before=None, text_hash_after=None, metadata=None, forgotten=True
+            )
+            .returning(history.c.event_id)
+            .cte("tombs")
+        )
+    # One row whatever matched: [[collection, memories, summaries], ...] and the tombstones.
+    statement = sa.select(
+        sa.select(
+            sa.func.coalesce(
+                sa.func.jsonb_agg(
+                    sa.func.jsonb_build_array(per_collection.c.name, per_collection.c.n, per_collection.c.s)
+                ),
+                sa.literal_column("'[]'::jsonb"),
+            )
+        ).scalar_subquery(),
+        sa.select(sa.func.count()).select_from(tombs).scalar_subquery(),
     )
     params: dict[str, Any] = {}
     if tenant is not None:
         params["tenant"] = tenant
     if collection_id is not None:
         params["cid"] = collection_id
-    rows = yield from fetch_all(adhoc(statement, params), final=True)
+    row = yield from fetch_one(adhoc(statement, params), final=True)
+    assert row is not None
+    counted = sorted(row[0])
     return ForgetReceipt(
-        memories={name: int(n) for name, n, _ in rows},
-        summaries={name: int(s) for name, _, s in rows if s},
+        memories={name: int(n) for name, n, _ in counted},
+        summaries={name: int(s) for name, _, s in counted if s},
+        history=int(row[1]),
         dry_run=dry_run,
     )
