@@ -1,7 +1,8 @@
 """memorix-pg: a PostgreSQL + pgvector storage engine for AI memory."""
 
 from .aio import AsyncMemoryAPI
-from .api import VECTOR_STORES, CollectionSummary, MemoryAPI, list_collections
+from .api import VECTOR_STORES, CollectionSummary, ForgetReceipt, MemoryAPI, forget, list_collections
+from .backup import BackupReport, backup, restore
 from .embedders import Embedder, HashEmbedder, SentenceTransformerEmbedder
 from .errors import (
     CollectionNotFound,
@@ -15,14 +16,19 @@ from .errors import (
     MemoryNotFound,
     PermissionDenied,
     PgvectorMissing,
+    SchemaViolation,
+    UndeclaredFilterKey,
 )
+from .history import HistoryEvent
 from .memory import Memory
 from .recall import QueryRecall, RecallReport
+from .schemas import SchemaProblem
 from .search import SearchPlan
 
 __all__ = [
     "VECTOR_STORES",
     "AsyncMemoryAPI",
+    "BackupReport",
     "CollectionNotFound",
     "CollectionSummary",
     "ConfigurationError",
@@ -31,7 +37,9 @@ __all__ = [
     "Embedder",
     "EmbedderMismatch",
     "FilterError",
+    "ForgetReceipt",
     "HashEmbedder",
+    "HistoryEvent",
     "InvalidInput",
     "MemorixError",
     "Memory",
@@ -41,9 +49,15 @@ __all__ = [
     "PgvectorMissing",
     "QueryRecall",
     "RecallReport",
+    "SchemaProblem",
+    "SchemaViolation",
     "SearchPlan",
     "SentenceTransformerEmbedder",
+    "UndeclaredFilterKey",
+    "backup",
+    "forget",
     "list_collections",
+    "restore",
 ]
 
 __version__ = "0.1.0"

@@ -23,10 +23,12 @@ from .connections import PoolOptions, async_source
 from .core import Core
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
-from .lifecycle import CompressionReport, DuplicatePair, Summarizer
+from .history import HistoryEvent
+from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
 from .runner import AsyncRunner
+from .schemas import SchemaProblem
 from .search import SearchPlan
 from .steps import Call
 
@@ -45,7 +47,11 @@ class AsyncMemoryAPI:
     of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
     enforced by PostgreSQL row-level security for roles that do not own the table.
     ``encryption_key`` encrypts texts (and the ``encrypted_metadata`` keys' values) with
-    AES-GCM before they leave the process; embeddings stay searchable.
+    AES-GCM before they leave the process; embeddings stay searchable. ``schema`` (a JSON
+    Schema) is stored with the collection and checks the metadata of every write;
+    ``strict_filters`` (``"error"``, ``"warn"``, ``"off"``) says what a filter on a key the
+    schema does not declare does. ``actor`` names who writes in the history (default: the
+    database role); ``history_retention`` makes ``purge_expired`` also delete older events.
 
     Connections come from one pool per process and URL, shared by every ``MemoryAPI``
     (``pool_size``, ``max_overflow``, ``pool_timeout``, ``connect_timeout`` configure it), or
@@ -67,6 +73,10 @@ class AsyncMemoryAPI:
         tenant: str | None = None,
         encryption_key: str | bytes | None = None,
         encrypted_metadata: Sequence[str] = (),
+        schema: Mapping[str, Any] | None = None,
+        strict_filters: str = "warn",
+        actor: str | None = None,
+        history_retention: timedelta | None = None,
         pool: Any = None,
         pool_size: int = 5,
         max_overflow: int = 10,
@@ -86,6 +96,10 @@ class AsyncMemoryAPI:
             tenant=tenant,
             encryption_key=encryption_key,
             encrypted_metadata=encrypted_metadata,
+            schema=schema,
+            strict_filters=strict_filters,
+            actor=actor,
+            history_retention=history_retention,
         )
         self._options = PoolOptions(pool_size, max_overflow, pool_timeout, connect_timeout)
         self._pool = pool
@@ -394,6 +408,49 @@ class AsyncMemoryAPI:
         """Pairs of memories whose similarity (the score ``retrieve`` reports) is at least
         ``threshold``, most similar first, found through the collection's index."""
         return await self._run(self._core.find_duplicates(threshold, limit, neighbours))
+
+    # -- governance -----------------------------------------------------------------------
+
+    async def history(
+        self,
+        id: str | UUID | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[HistoryEvent]:
+        """``history(id)``: the events of one memory, oldest first (in any collection: an archive
+        moves it). Otherwise this collection's events whose metadata (after the change) matches
+        ``filter``, at or after ``since``, newest first. Each event: operation, text hashes
+        before/after, metadata, actor and time, written in the same statement as the change."""
+        return await self._run(self._core.history(id, filter, since, limit))
+
+    async def prune_history(self, older_than: timedelta) -> int:
+        """Delete this collection's history events older than ``older_than``; returns how many."""
+        return await self._run(self._core.prune_history(older_than))
+
+    async def forget(
+        self, filter: Mapping[str, Any], all_collections: bool = True, *, dry_run: bool = False
+    ) -> ForgetReceipt:
+        """Erase a person: the memories matching ``filter`` (of this object's tenant) in every
+        collection (only this one with ``all_collections=False``), archives included, and the
+        compressed summaries built from them, in one transaction. Returns the receipt."""
+        return await self._run(self._core.forget(filter, all_collections, dry_run))
+
+    async def set_schema(self, schema: Mapping[str, Any] | None) -> None:
+        """Store ``schema`` (a JSON Schema for metadata; None removes it) with the collection:
+        every later write, from any process that opens the collection, is checked against it.
+        Memories already stored are not checked; ``validate_existing()`` lists those that break it."""
+        await self._run(self._core.set_schema(schema))
+
+    async def get_schema(self) -> dict[str, Any] | None:
+        """The collection's metadata schema, or None."""
+        return await self._run(self._core.get_schema())
+
+    async def validate_existing(self) -> builtins.list[SchemaProblem]:
+        """The stored memories (of this tenant) whose metadata breaks the schema: one
+        ``SchemaProblem(id, path, message)`` per broken rule, by id."""
+        return await self._run(self._core.validate_existing())
 
     async def drop(self) -> bool:
         """Drop the collection: its memories (of every tenant) and its HNSW index, in one

@@ -18,19 +18,31 @@ import numpy.typing as npt
 from .cache import CacheInfo
 from .catalog import CollectionSummary
 from .connections import PoolOptions, sync_source
-from .core import VECTOR_STORES, Core, forget_database
+from .core import VECTOR_STORES, Core, forget_database, forget_everywhere
 from .core import list_collections as list_collections_call
 from .database import resolve_database
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
-from .lifecycle import CompressionReport, DuplicatePair, Summarizer
+from .history import HistoryEvent
+from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
 from .runner import SyncRunner
+from .schemas import SchemaProblem
+from .scope import tenant_settings
 from .search import SearchPlan
 from .steps import Call
+from .validation import check_tenant
 
-__all__ = ["VECTOR_STORES", "CollectionSummary", "MemoryAPI", "forget_database", "list_collections"]
+__all__ = [
+    "VECTOR_STORES",
+    "CollectionSummary",
+    "ForgetReceipt",
+    "MemoryAPI",
+    "forget",
+    "forget_database",
+    "list_collections",
+]
 
 T = TypeVar("T")
 
@@ -44,6 +56,23 @@ def list_collections(database_url: str | None = None) -> builtins.list[Collectio
     return runner.run(list_collections_call(url))
 
 
+def forget(
+    filter: Mapping[str, Any],
+    database_url: str | None = None,
+    tenant: str | None = None,
+    *,
+    dry_run: bool = False,
+) -> ForgetReceipt:
+    """Erase a person: every memory matching ``filter`` in every collection (archives
+    included) and every compressed summary built from them, in one transaction. Without a
+    ``tenant``, rows of every tenant the role can see; with one, that tenant's only. Returns the
+    receipt (memories and summaries removed per collection); ``dry_run`` counts, deletes nothing."""
+    url = resolve_database(database_url).url
+    checked = check_tenant(tenant)
+    runner = SyncRunner(sync_source(url, PoolOptions()), url, tenant_settings(checked))
+    return runner.run(forget_everywhere(url, filter, checked, dry_run))
+
+
 class MemoryAPI:
     """Store, retrieve, update and delete memories in one collection.
 
@@ -54,7 +83,11 @@ class MemoryAPI:
     of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
     enforced by PostgreSQL row-level security for roles that do not own the table.
     ``encryption_key`` encrypts texts (and the ``encrypted_metadata`` keys' values) with
-    AES-GCM before they leave the process; embeddings stay searchable.
+    AES-GCM before they leave the process; embeddings stay searchable. ``schema`` (a JSON
+    Schema) is stored with the collection and checks the metadata of every write;
+    ``strict_filters`` (``"error"``, ``"warn"``, ``"off"``) says what a filter on a key the
+    schema does not declare does. ``actor`` names who writes in the history (default: the
+    database role); ``history_retention`` makes ``purge_expired`` also delete older events.
 
     Connections come from one pool per process and URL, shared by every ``MemoryAPI``
     (``pool_size``, ``max_overflow``, ``pool_timeout``, ``connect_timeout`` configure it), or
@@ -76,6 +109,10 @@ class MemoryAPI:
         tenant: str | None = None,
         encryption_key: str | bytes | None = None,
         encrypted_metadata: Sequence[str] = (),
+        schema: Mapping[str, Any] | None = None,
+        strict_filters: str = "warn",
+        actor: str | None = None,
+        history_retention: timedelta | None = None,
         pool: Any = None,
         pool_size: int = 5,
         max_overflow: int = 10,
@@ -95,6 +132,10 @@ class MemoryAPI:
             tenant=tenant,
             encryption_key=encryption_key,
             encrypted_metadata=encrypted_metadata,
+            schema=schema,
+            strict_filters=strict_filters,
+            actor=actor,
+            history_retention=history_retention,
         )
         options = PoolOptions(pool_size, max_overflow, pool_timeout, connect_timeout)
         self._core.resolve()
@@ -387,6 +428,49 @@ class MemoryAPI:
         """Pairs of memories whose similarity (the score ``retrieve`` reports) is at least
         ``threshold``, most similar first, found through the collection's index."""
         return self._run(self._core.find_duplicates(threshold, limit, neighbours))
+
+    # -- governance -----------------------------------------------------------------------
+
+    def history(
+        self,
+        id: str | UUID | None = None,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[HistoryEvent]:
+        """``history(id)``: the events of one memory, oldest first (in any collection: an archive
+        moves it). Otherwise this collection's events whose metadata (after the change) matches
+        ``filter``, at or after ``since``, newest first. Each event: operation, text hashes
+        before/after, metadata, actor and time, written in the same statement as the change."""
+        return self._run(self._core.history(id, filter, since, limit))
+
+    def prune_history(self, older_than: timedelta) -> int:
+        """Delete this collection's history events older than ``older_than``; returns how many."""
+        return self._run(self._core.prune_history(older_than))
+
+    def forget(
+        self, filter: Mapping[str, Any], all_collections: bool = True, *, dry_run: bool = False
+    ) -> ForgetReceipt:
+        """Erase a person: the memories matching ``filter`` (of this object's tenant) in every
+        collection (only this one with ``all_collections=False``), archives included, and the
+        compressed summaries built from them, in one transaction. Returns the receipt."""
+        return self._run(self._core.forget(filter, all_collections, dry_run))
+
+    def set_schema(self, schema: Mapping[str, Any] | None) -> None:
+        """Store ``schema`` (a JSON Schema for metadata; None removes it) with the collection:
+        every later write, from any process that opens the collection, is checked against it.
+        Memories already stored are not checked; ``validate_existing()`` lists those that break it."""
+        self._run(self._core.set_schema(schema))
+
+    def get_schema(self) -> dict[str, Any] | None:
+        """The collection's metadata schema, or None."""
+        return self._run(self._core.get_schema())
+
+    def validate_existing(self) -> builtins.list[SchemaProblem]:
+        """The stored memories (of this tenant) whose metadata breaks the schema: one
+        ``SchemaProblem(id, path, message)`` per broken rule, by id."""
+        return self._run(self._core.validate_existing())
 
     def drop(self) -> bool:
         """Drop the collection: its memories (of every tenant) and its HNSW index, in one

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
@@ -42,6 +43,8 @@ __all__ = [
     "drop_collection",
     "ensure_vector_indexes",
     "open_collection",
+    "read_metadata_schema",
+    "write_metadata_schema",
 ]
 
 PRECISIONS = ("full", "half")
@@ -230,3 +233,21 @@ def open_collection(
 def _info_from(row: Sequence[Any]) -> CollectionInfo:
     """A row of ``_COLUMNS`` (from either driver path) as the collection's description."""
     return CollectionInfo(*row)
+
+
+def read_metadata_schema(info: CollectionInfo) -> Operation[dict[str, Any] | None]:
+    """The collection's stored metadata schema, or None."""
+    statement = sa.select(collections.c.metadata_schema).where(collections.c.id == sa.bindparam("id"))
+    row = yield from fetch_one(adhoc(statement, {"id": info.id}), final=True)
+    return dict(row[0]) if row is not None and row[0] is not None else None
+
+
+def write_metadata_schema(info: CollectionInfo, schema: dict[str, Any] | None) -> Operation[None]:
+    """Store ``schema`` (None: remove it) with the collection."""
+    statement = (
+        sa.update(collections)
+        .where(collections.c.id == sa.bindparam("id"))
+        .values(metadata_schema=sa.bindparam("schema", type_=collections.c.metadata_schema.type))
+    )
+    value = Jsonb(schema) if schema is not None else None
+    yield from execute(adhoc(statement, {"id": info.id, "schema": value}), final=True)

@@ -684,5 +684,65 @@ def mcp(
     )
 
 
+@main.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+@database_option
+@_clean_errors
+def backup_command(path: str, database_url: str | None) -> None:
+    """Back up the memorix schema (collections, memories, vectors, indexes, RLS policies) to
+    FILE with pg_dump.
+
+    \b
+    Example:
+      memorix-pg backup memories.dump
+    """
+    from .backup import backup
+
+    report = backup(path, database_url)
+    click.echo(
+        f"backed up {report.collections} collections, {report.memories} memories to {report.path} "
+        f"({report.bytes} bytes)"
+    )
+
+
+@main.command("restore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", is_flag=True, help="Replace the collections the database holds already.")
+@database_option
+@_clean_errors
+def restore_command(path: str, replace: bool, database_url: str | None) -> None:
+    """Restore a backup made by `memorix-pg backup`, in one transaction. Refuses a database
+    that holds collections unless --replace.
+
+    \b
+    Example:
+      memorix-pg restore memories.dump --replace
+    """
+    from .backup import restore
+
+    report = restore(path, database_url, replace=replace)
+    click.echo(f"restored {report.collections} collections, {report.memories} memories from {report.path}")
+
+
+@main.command("forget")
+@click.option("--where", "where_json", required=True, help="JSON filter naming the subject.")
+@click.option("--dry-run", is_flag=True, help="Count what would be erased; erase nothing.")
+@click.option("--tenant", default=None, help="Only this tenant's memories (default: every tenant's).")
+@database_option
+@_clean_errors
+def forget_command(where_json: str, dry_run: bool, tenant: str | None, database_url: str | None) -> None:
+    """Erase a person: every memory matching --where in every collection (archives included)
+    and every summary built from them, in one transaction; prints the receipt as JSON.
+
+    \b
+    Example:
+      memorix-pg forget --where '{"user_id": "u1"}' --dry-run
+    """
+    from .api import forget
+
+    receipt = forget(_json_option(where_json, "--where"), database_url, tenant, dry_run=dry_run)
+    click.echo(json.dumps({**dataclasses.asdict(receipt), "total": receipt.total}, sort_keys=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -8,6 +8,7 @@ lifecycle), written once for both.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,21 +19,31 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
+from . import history as history_events
 from . import lifecycle, reads, recall, writes
 from .cache import CacheInfo
-from .catalog import CollectionSummary, collection_summaries, drop_collection, open_collection
+from .catalog import (
+    CollectionSummary,
+    collection_summaries,
+    drop_collection,
+    open_collection,
+    read_metadata_schema,
+    write_metadata_schema,
+)
 from .crypto import Sealer, TextCipher
 from .database import check_pgvector, get_engine, resolve_database
 from .embedders import Embedder, resolve_embedder
 from .embedding import Embedding
 from .errors import CollectionNotFound, ConfigurationError, FilterError, InvalidInput, MemoryNotFound
-from .filters import index_expression
+from .filters import compile_filter, index_expression
 from .memory import Memory
+from .models import history
+from .schemas import MetadataSchema, SchemaProblem, check_strict_filters
 from .scope import Scope, tenant_settings
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
 from .server import ensure_embedded_server
 from .statements import Filter, compile_where
-from .steps import Call, Operation, Query, offload
+from .steps import Call, Operation, Query, offload, set_local
 from .validation import (
     check_batch_lengths,
     check_collection_name,
@@ -53,7 +64,14 @@ from .vector_index import (
     score_from_distance,
 )
 
-__all__ = ["MAX_TOP_K", "VECTOR_STORES", "Core", "forget_database", "list_collections"]
+__all__ = [
+    "MAX_TOP_K",
+    "VECTOR_STORES",
+    "Core",
+    "forget_database",
+    "forget_everywhere",
+    "list_collections",
+]
 
 T = TypeVar("T")
 
@@ -95,6 +113,44 @@ def list_collections(url: str) -> Call[list[CollectionSummary]]:
         return (yield from collection_summaries())
 
     return Call(make, idempotent=True, scoped=False)
+
+
+OPERATION_SETTING = "memorix.operation"
+ACTOR_SETTING = "memorix.actor"
+
+
+def _labelled(operation: str | None) -> tuple[Query, ...]:
+    """The setting the history triggers (migration 0007) read the operation's name from."""
+    return (set_local(OPERATION_SETTING, operation),) if operation is not None else ()
+
+
+def _subject(filter: Mapping[str, Any] | None) -> Filter:
+    if not filter or not isinstance(filter, Mapping):
+        raise FilterError(
+            "forget needs a non-empty filter naming the subject, e.g. {'user_id': 'u1'} "
+            "(to delete everything, drop the collections)"
+        )
+    return compile_where(filter)
+
+
+def forget_everywhere(
+    url: str, filter: Mapping[str, Any] | None, tenant: str | None, dry_run: bool
+) -> Call[lifecycle.ForgetReceipt]:
+    """Every memory matching ``filter`` in every collection of the database (of ``tenant``
+    only, when given), and the summaries built from them: one statement."""
+    f = _subject(filter)
+    in_history = compile_filter(filter, history.c.metadata)
+    _check_bool(dry_run, "dry_run")
+
+    def make() -> Operation[lifecycle.ForgetReceipt]:
+        yield from offload(prepare_database, url, True)
+        return (
+            yield from lifecycle.forget(
+                f, in_history, tenant=tenant, every_tenant=True, collection_id=None, dry_run=dry_run
+            )
+        )
+
+    return Call(make, settings=_labelled("forget"))
 
 
 def forget_database(url: str) -> None:
@@ -155,6 +211,10 @@ class Core:
         tenant: str | None,
         encryption_key: str | bytes | None,
         encrypted_metadata: Sequence[str],
+        schema: Mapping[str, Any] | None = None,
+        strict_filters: str = "warn",
+        actor: str | None = None,
+        history_retention: timedelta | None = None,
     ) -> None:
         if vector_store not in VECTOR_STORES:
             raise ConfigurationError(
@@ -177,6 +237,20 @@ class Core:
         self.info: CollectionInfo | None = None
         self.dropped = False  # by drop(): every later call raises CollectionNotFound
         self.settings: tuple[Query, ...] = tenant_settings(self.tenant)
+        # A schema given here replaces the stored one when the collection opens; without one,
+        # the stored schema (if any) is read then.
+        self.schema = MetadataSchema(schema) if schema is not None else None
+        self.schema_given = schema is not None
+        self.strict_filters = check_strict_filters(strict_filters)
+        if actor is not None:
+            if not isinstance(actor, str) or not actor.strip() or "\x00" in actor:
+                raise ConfigurationError(f"actor must be a non-empty str, got {actor!r:.80}")
+            self.settings += (set_local(ACTOR_SETTING, actor),)
+        self.history_retention = (
+            _positive_timedelta(history_retention, "history_retention")
+            if history_retention is not None
+            else None
+        )
 
     # -- opening ------------------------------------------------------------------------
 
@@ -202,6 +276,14 @@ class Core:
             self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
         )
         yield from repair(info)
+        stored = yield from read_metadata_schema(info)
+        if self.schema_given:
+            assert self.schema is not None
+            if stored != self.schema.document:  # an unchanged schema needs no UPDATE privilege
+                yield from write_metadata_schema(info, self.schema.document)
+            self.schema_given = False  # written once; later opens read it back
+        else:
+            self.schema = MetadataSchema(stored) if stored is not None else None
         self.info = info
         return info
 
@@ -224,8 +306,8 @@ class Core:
         assert self.info is not None
         return planner_for(self.url, self.info.id)
 
-    def _call(self, body: Any, idempotent: bool = False) -> Call[Any]:
-        """``body(scope)`` after the collection is open."""
+    def _call(self, body: Any, idempotent: bool = False, operation: str | None = None) -> Call[Any]:
+        """``body(scope)`` after the collection is open; ``operation`` names its writes in the history."""
 
         def make() -> Operation[Any]:
             yield from self.opened()
@@ -237,11 +319,13 @@ class Core:
                 self.info = None
                 raise
 
-        return Call(make, idempotent=idempotent)
+        return Call(make, idempotent=idempotent, settings=_labelled(operation))
 
     def _where(self, filter: Mapping[str, Any] | None) -> Filter:
         compiled = compile_where(filter)  # first: it bounds the filter's depth for check_filter
         self.sealer.check_filter(filter)
+        if self.schema is not None:
+            self.schema.check_filter(filter, self.strict_filters)
         return compiled
 
     def memory(
@@ -315,6 +399,9 @@ class Core:
         deduping = self.dedupe if dedupe is None else dedupe
 
         def body(scope: Scope) -> Operation[list[str]]:
+            if self.schema is not None:
+                for i, m in enumerate(clean_metas):
+                    self.schema.check(m, i, f"metadatas[{i}]")
             stored = yield from writes.store(
                 scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
             )
@@ -330,6 +417,17 @@ class Core:
         new_text = check_text(text) if text is not None else None
 
         def body(scope: Scope) -> Operation[Memory]:
+            if self.schema is not None:
+                current = yield from writes.locked_metadata(scope, row_id)
+                if current is None:
+                    raise MemoryNotFound(
+                        f"no memory with id {row_id!r} in collection {self.collection_name!r}"
+                    )
+                merged = self.sealer.open_metadata(row_id, current)
+                merged.update((k, v) for k, v in patch.items() if v is not None)
+                for key in removed:
+                    merged.pop(key, None)
+                self.schema.check(merged, 0, "metadata")
             replacement = None
             if new_text is not None:
                 vector = (yield from offload(self.embedding.embed, [new_text]))[0]
@@ -487,7 +585,7 @@ class Core:
     def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = _positive_timedelta(older_than, "older_than")
         f = self._where(filter)
-        return self._call(lambda scope: lifecycle.cleanup(scope, self.planner, f, age))
+        return self._call(lambda scope: lifecycle.cleanup(scope, self.planner, f, age), operation="cleanup")
 
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = _positive_timedelta(older_than, "older_than")
@@ -501,10 +599,16 @@ class Core:
         expires_at = _expiry(ttl)
         if not row_ids:
             return Call(lambda: _done(0))
-        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at))
+        return self._call(lambda scope: writes.set_expiry(scope, row_ids, expires_at), operation="ttl")
 
     def purge_expired(self) -> Call[int]:
-        return self._call(lambda scope: lifecycle.purge_expired(scope, self.planner))
+        def body(scope: Scope) -> Operation[int]:
+            purged = yield from lifecycle.purge_expired(scope, self.planner)
+            if self.history_retention is not None:
+                yield from history_events.prune(scope, self.history_retention)
+            return purged
+
+        return self._call(body, operation="purge")
 
     def archive(self, filter: Mapping[str, Any], to: str) -> Call[int]:
         if filter is None:
@@ -524,7 +628,7 @@ class Core:
                 yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target.id), f, target)
             )
 
-        return self._call(body)
+        return self._call(body, operation="archive")
 
     def compress(
         self,
@@ -550,7 +654,8 @@ class Core:
                 min_group=min_group,
                 max_chars=max_chars,
                 group_by=group_by,
-            )
+            ),
+            operation="compress",
         )
 
     def find_duplicates(
@@ -599,6 +704,88 @@ class Core:
 
         return self._call(body, idempotent=True)
 
+    # -- governance ---------------------------------------------------------------------
+
+    def forget(
+        self, filter: Mapping[str, Any] | None, all_collections: bool, dry_run: bool
+    ) -> Call[lifecycle.ForgetReceipt]:
+        f = _subject(filter)
+        self.sealer.check_filter(filter)
+        everywhere = _check_bool(all_collections, "all_collections")
+        _check_bool(dry_run, "dry_run")
+
+        def body(scope: Scope) -> Operation[lifecycle.ForgetReceipt]:
+            receipt = yield from lifecycle.forget(
+                f,
+                compile_filter(filter, history.c.metadata),
+                tenant=self.tenant,
+                every_tenant=False,
+                collection_id=None if everywhere else scope.info.id,
+                dry_run=dry_run,
+            )
+            self.planner.changed_rows(receipt.memories.get(self.collection_name, 0))
+            return receipt
+
+        return self._call(body, operation="forget")
+
+    def history(
+        self, id: str | UUID | None, filter: Mapping[str, Any] | None, since: datetime | None, limit: int
+    ) -> Call[list[history_events.HistoryEvent]]:
+        row_id = check_id(id) if id is not None else None
+        if row_id is not None and filter is not None:
+            raise InvalidInput("history takes an id or a filter, not both")
+        _check_int(limit, "limit", 1, MAX_TOP_K)
+        after = check_timestamp(since, "since") if since is not None else None
+        where = compile_filter(filter, history.c.metadata)
+
+        def body(scope: Scope) -> Operation[list[history_events.HistoryEvent]]:
+            if row_id is not None:
+                rows = yield from history_events.events_of(scope, row_id, limit)
+            else:
+                rows = yield from history_events.events(scope, where, after, limit)
+            return [self._event(r) for r in rows]
+
+        return self._call(body, idempotent=True)
+
+    def _event(self, row: Sequence[Any]) -> history_events.HistoryEvent:
+        event = history_events.HistoryEvent(*row)
+        if event.metadata is not None and event.memory_id is not None:
+            opened = self.sealer.open_metadata(event.memory_id, dict(event.metadata))
+            event = dataclasses.replace(event, metadata=opened)
+        return event
+
+    def prune_history(self, older_than: timedelta) -> Call[int]:
+        age = _positive_timedelta(older_than, "older_than")
+        return self._call(lambda scope: history_events.prune(scope, age))
+
+    def set_schema(self, schema: Mapping[str, Any] | None) -> Call[None]:
+        checked = MetadataSchema(schema) if schema is not None else None
+
+        def body(scope: Scope) -> Operation[None]:
+            yield from write_metadata_schema(scope.info, checked.document if checked else None)
+            self.schema = checked
+
+        return self._call(body)
+
+    def get_schema(self) -> Call[dict[str, Any] | None]:
+        def body(scope: Scope) -> Operation[dict[str, Any] | None]:
+            return dict(self.schema.document) if self.schema is not None else None
+            yield  # pragma: no cover - makes this a generator
+
+        return self._call(body, idempotent=True)
+
+    def validate_existing(self) -> Call[list[SchemaProblem]]:
+        def body(scope: Scope) -> Operation[list[SchemaProblem]]:
+            if self.schema is None:
+                return []
+            rows = yield from reads.all_metadata(scope)
+            problems: list[SchemaProblem] = []
+            for row_id, metadata in rows:
+                problems += self.schema.problems(row_id, self.sealer.open_metadata(row_id, dict(metadata)))
+            return problems
+
+        return self._call(body, idempotent=True)
+
     def drop(self) -> Call[bool]:
         """Drop the collection, its memories and its HNSW index (the ``create_index`` expression
         indexes are shared by every collection and stay)."""
@@ -608,7 +795,7 @@ class Core:
             self.info, self.dropped = None, True
             return dropped
 
-        return self._call(body)
+        return self._call(body, operation="drop")
 
     def rotate_key(
         self, new_key: str | bytes | None, batch: int, encrypted_metadata: Sequence[str] | None
@@ -622,7 +809,7 @@ class Core:
             self.sealer = new
             return rewritten
 
-        return self._call(body)
+        return self._call(body, operation="rotate_key")
 
 
 def _nothing() -> Operation[list[str]]:

@@ -19,6 +19,8 @@ __all__ = [
     "MemoryNotFound",
     "PermissionDenied",
     "PgvectorMissing",
+    "SchemaViolation",
+    "UndeclaredFilterKey",
 ]
 
 
@@ -70,3 +72,20 @@ class PermissionDenied(MemorixError):
 
 class PgvectorMissing(MemorixError):
     """The server has no pgvector extension available; the message says how to install it."""
+
+
+class SchemaViolation(InvalidInput):
+    """A memory's metadata breaks the collection's metadata schema; nothing was written.
+
+    ``index`` is the memory's position in the batch (0 for a single store or an update),
+    ``path`` the JSON path of the offending value (``$.user_id``) and ``rule`` the schema
+    keyword it broke (``type``, ``required``, ``pattern``...)."""
+
+    def __init__(self, message: str, *, index: int, path: str, rule: str) -> None:
+        super().__init__(message)
+        self.index, self.path, self.rule = index, path, rule
+
+
+class UndeclaredFilterKey(UserWarning):
+    """A filter names a metadata key the collection's schema does not declare (a typo, often);
+    warned with ``strict_filters="warn"``, raised as FilterError with ``"error"``."""

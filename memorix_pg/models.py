@@ -19,6 +19,7 @@ from typing import Any
 from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -65,6 +66,8 @@ class Collection(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # The JSON Schema every memory's metadata must satisfy (migration 0006); NULL: none.
+    metadata_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
 
 class MemoryRecord(Base):
@@ -118,6 +121,36 @@ class MemoryRecord(Base):
     tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class HistoryEvent(Base):
+    """One memory written, changed or removed: recorded by triggers on ``memories`` (0007)."""
+
+    __tablename__ = "history"
+    __table_args__ = (
+        Index("history_memory_idx", "memory_id", "event_id"),
+        Index("history_collection_at_idx", "collection_id", "at"),
+        Index(
+            "history_metadata_gin_idx",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
+    )
+
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    memory_id: Mapped[str | None] = mapped_column(Text(collation="C"), nullable=True)
+    tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    operation: Mapped[str] = mapped_column(Text, nullable=False)
+    text_hash_before: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    text_hash_after: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The memory's metadata after the change (None for a removal or a tombstone).
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB, nullable=True)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    forgotten: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=sql_text("false"))
+
+
 memories: Table = MemoryRecord.__table__  # type: ignore[assignment]
 collections: Table = Collection.__table__  # type: ignore[assignment]
+history: Table = HistoryEvent.__table__  # type: ignore[assignment]
 metadata_column = memories.c.metadata

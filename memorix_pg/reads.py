@@ -19,6 +19,7 @@ from .vector_index import collection_predicate, stored_vectors
 __all__ = [
     "MEMORY_COLUMNS",
     "ORDERS",
+    "all_metadata",
     "bounded_count",
     "count",
     "exists",
@@ -164,4 +165,15 @@ def page(
 
     params = {**scope.params, "limit": limit, "offset": offset, "cursor": cursor}
     query = cached(("page", scope.key, order, cursor is not None, include_embeddings), build, f, params)
+    return (yield from fetch_all(query, final=True))
+
+
+def all_metadata(scope: Scope) -> Operation[list[tuple[Any, ...]]]:
+    """(id, metadata) of every live memory of the scope, by id: what a schema check reads."""
+    query = cached(
+        ("all metadata", scope.key),
+        lambda _: sa.select(memories.c.id, memories.c.metadata).where(scope.live()).order_by(memories.c.id),
+        _ALL,
+        scope.params,
+    )
     return (yield from fetch_all(query, final=True))

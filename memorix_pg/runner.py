@@ -183,7 +183,9 @@ class SyncRunner:
 
     def _run_once(self, call: Call[T]) -> T:
         op: Operation[T] = call.make()
-        tx = _Transaction(self.settings if call.scoped else (), self.source.session_settings)
+        tx = _Transaction(
+            (*self.settings, *call.settings) if call.scoped else call.settings, self.source.session_settings
+        )
         conn: psycopg.Connection[Any] | None = None
         admin: psycopg.Connection[Any] | None = None
         value: Any = None
@@ -306,7 +308,9 @@ class AsyncRunner:
 
     async def _run_once(self, call: Call[T]) -> T:
         op: Operation[T] = call.make()
-        tx = _Transaction(self.settings if call.scoped else (), self.source.session_settings)
+        tx = _Transaction(
+            (*self.settings, *call.settings) if call.scoped else call.settings, self.source.session_settings
+        )
         conn: psycopg.AsyncConnection[Any] | None = None
         admin: psycopg.AsyncConnection[Any] | None = None
         value: Any = None

@@ -114,6 +114,8 @@ class Call(Generic[T]):
     idempotent: bool = False
     # Run with the tenant's settings (False for catalog work that is not tenant-scoped).
     scoped: bool = True
+    # ``SET LOCAL``s of this call's every transaction (the operation history records it under).
+    settings: tuple[Query, ...] = ()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigurationError, InvalidInput
+from .schemas import MetadataSchema
 from .validation import check_embedding, check_id, check_text, check_timestamp, clean_metadata, new_id
 
 if TYPE_CHECKING:
@@ -137,10 +138,14 @@ def import_jsonl(api: MemoryAPI, path: str | Path, progress: bool = False) -> in
 def _check_lines(api: MemoryAPI, path: Path, lines: list[_Line]) -> None:
     """Every check store_batch makes, on every line, before the first chunk is written."""
     seen: dict[str, int] = {}
+    stored_schema = api.get_schema()
+    schema = MetadataSchema(stored_schema) if stored_schema is not None else None
     for line in lines:
         where = f"{path}:{line.number}:"
         check_text(line.text, f"{where} text")
-        clean_metadata(line.metadata, f"{where} metadata")
+        metadata = clean_metadata(line.metadata, f"{where} metadata")
+        if schema is not None:  # checked here too: a later chunk's violation must not follow written ones
+            schema.check(metadata, line.number - 1, f"{where} metadata")
         if line.id is not None:
             row_id = check_id(line.id, f"{where} id")
             if (first := seen.setdefault(row_id, line.number)) != line.number:

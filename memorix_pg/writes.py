@@ -35,6 +35,7 @@ __all__ = [
     "NewMemories",
     "delete",
     "delete_where",
+    "locked_metadata",
     "rotate",
     "set_expiry",
     "store",
@@ -318,3 +319,20 @@ def rotate(scope: Scope, old: Sealer, new: Sealer, batch: int) -> Operation[int]
         yield from execute(Query(rewrite.text, params))
     yield from execute(final=True)
     return len(rows)
+
+
+def locked_metadata(scope: Scope, row_id: str) -> Operation[dict[str, Any] | None]:
+    """The live memory's stored metadata, its row locked until the transaction ends (an update
+    checks the merged result against the schema before writing it), or None."""
+    query = cached(
+        ("locked metadata", scope.key),
+        lambda _: (
+            sa.select(memories.c.metadata)
+            .where(scope.live(), memories.c.id == sa.bindparam("id"))
+            .with_for_update()
+        ),
+        _ALL,
+        {**scope.params, "id": row_id},
+    )
+    row = yield from fetch_one(query)
+    return dict(row[0]) if row is not None else None

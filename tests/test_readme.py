@@ -76,6 +76,8 @@ def test_python_quick_start_runs(
     kept = memory.get(namespace["id"])  # type: ignore[arg-type]
     assert kept is not None and kept.metadata == {"type": "preference", "user_id": "u1", "confirmed": True}
     assert memory.count() == 2  # the preference and the one-time code (its TTL has not run out)
+    receipt = namespace["receipt"]  # the Governance section's erasure
+    assert (receipt.memories, receipt.summaries, receipt.total) == ({"profiles": 1}, {}, 1)  # type: ignore[attr-defined]
     store = namespace["store"]
     assert store.get_by_ids(["pg-heap"]) == []  # deleted
     assert len(store.similarity_search("index", k=5, filter={"topic": "index"})) == 2

@@ -9,6 +9,7 @@ with the collection's own distance, and statistics are one GROUP BY.
 from .archive import archive
 from .compress import compress
 from .duplicates import find_duplicates
+from .forget import ForgetReceipt, forget
 from .retention import cleanup, count_older_than, purge_expired
 from .stats import group_counts
 from .summary import CompressionReport, DuplicatePair, Summarizer, extractive_summary, shared_metadata
@@ -16,6 +17,7 @@ from .summary import CompressionReport, DuplicatePair, Summarizer, extractive_su
 __all__ = [
     "CompressionReport",
     "DuplicatePair",
+    "ForgetReceipt",
     "Summarizer",
     "archive",
     "cleanup",
@@ -23,6 +25,7 @@ __all__ = [
     "count_older_than",
     "extractive_summary",
     "find_duplicates",
+    "forget",
     "group_counts",
     "purge_expired",
     "shared_metadata",
