@@ -23,6 +23,7 @@ from .core import list_collections as list_collections_call
 from .database import resolve_database
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
+from .hybrid import Fusion
 from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
 from .recall import RecallReport
@@ -48,7 +49,9 @@ class MemoryAPI:
     """Store, retrieve, update and delete memories in one collection.
 
     ``database_url`` (else ``MEMORIX_DATABASE_URL``, else an embedded server) picks the
-    database. ``distance`` (cosine, l2, ip) and ``precision`` (full, half) apply when the
+    database. ``distance`` (cosine, l2, ip), ``precision`` (full, half) and
+    ``text_search_config`` (PostgreSQL's text search configuration for ``mode="text"`` and
+    ``"hybrid"`` and ``$text``: ``simple`` by default, or e.g. ``english``) apply when the
     collection is created and are fixed after. ``dedupe=True`` makes ``store`` return the
     existing id for a text already in the collection; ``cache_size`` bounds the LRU cache
     of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
@@ -70,6 +73,7 @@ class MemoryAPI:
         *,
         distance: str | None = None,
         precision: str | None = None,
+        text_search_config: str | None = None,
         auto_migrate: bool = True,
         dedupe: bool = False,
         cache_size: int = 1024,
@@ -89,6 +93,7 @@ class MemoryAPI:
             database_url,
             distance=distance,
             precision=precision,
+            text_search_config=text_search_config,
             auto_migrate=auto_migrate,
             dedupe=dedupe,
             cache_size=cache_size,
@@ -290,19 +295,38 @@ class MemoryAPI:
         filter: Mapping[str, Any] | None = None,
         embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None = None,
         *,
+        mode: str = "vector",
+        rrf_k: float = 60.0,
+        vector_weight: float = 1.0,
+        text_weight: float = 1.0,
+        ranks: bool = False,
         exact: bool | None = None,
         ef_search: int | None = None,
         include_embeddings: bool = False,
     ) -> builtins.list[Memory]:
         """The ``top_k`` memories most similar to ``query`` among those matching ``filter``.
 
-        With an empty query and no ``embedding`` nothing is ranked (and nothing embedded):
-        the matching memories come back newest first, with ``score`` None.
+        ``mode="vector"`` ranks by embedding similarity; ``"text"`` by full text search of the
+        query's words (rare words weigh more; quotes and ``-word`` are taken as websearch
+        syntax); ``"hybrid"`` fuses both rankings by reciprocal rank (``rrf_k``, and the arms'
+        ``vector_weight`` / ``text_weight``). ``ranks=True`` fills ``Memory.ranks`` with each
+        arm's rank and score. With an empty query and no ``embedding`` nothing is ranked (and
+        nothing embedded): the matching memories come back newest first, with ``score`` None.
         ``include_embeddings=True`` fills ``Memory.embedding``.
         """
-        return self._run(
-            self._core.retrieve(query, top_k, filter, embedding, exact, ef_search, include_embeddings)
-        )[0]
+        call = self._core.retrieve(
+            query,
+            top_k,
+            filter,
+            embedding,
+            exact,
+            ef_search,
+            include_embeddings,
+            mode=mode,
+            fusion=Fusion(rrf_k, vector_weight, text_weight),
+            ranks=ranks,
+        )
+        return (self._run(call))[0]
 
     def explain_retrieve(
         self,
@@ -311,11 +335,25 @@ class MemoryAPI:
         filter: Mapping[str, Any] | None = None,
         embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None = None,
         *,
+        mode: str = "vector",
+        rrf_k: float = 60.0,
+        vector_weight: float = 1.0,
+        text_weight: float = 1.0,
         exact: bool | None = None,
         ef_search: int | None = None,
     ) -> SearchPlan:
         """Which search path ``retrieve`` takes for these arguments, and why."""
-        return self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search))[1]
+        call = self._core.retrieve(
+            query,
+            top_k,
+            filter,
+            embedding,
+            exact,
+            ef_search,
+            mode=mode,
+            fusion=Fusion(rrf_k, vector_weight, text_weight),
+        )
+        return (self._run(call))[1]
 
     def check_recall(
         self,

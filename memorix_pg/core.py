@@ -18,7 +18,7 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
-from . import lifecycle, reads, recall, writes
+from . import hybrid, lifecycle, reads, recall, writes
 from .cache import CacheInfo
 from .catalog import CollectionSummary, collection_summaries, drop_collection, open_collection
 from .crypto import Sealer, TextCipher
@@ -27,6 +27,7 @@ from .embedders import Embedder, resolve_embedder
 from .embedding import Embedding
 from .errors import CollectionNotFound, ConfigurationError, FilterError, InvalidInput, MemoryNotFound
 from .filters import index_expression
+from .hybrid import MODES, Fusion
 from .memory import Memory
 from .scope import Scope, tenant_settings
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
@@ -125,6 +126,24 @@ def _check_bool(value: object, name: str) -> bool:
     return value
 
 
+def _check_number(value: object, name: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise InvalidInput(f"{name} must be a finite number, got {value!r:.80}")
+    if value < 0 or (positive and value == 0):
+        raise InvalidInput(f"{name} must be {'positive' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def _check_fusion(fusion: object) -> Fusion:
+    if not isinstance(fusion, Fusion):
+        raise InvalidInput(f"fusion must be a Fusion, got {type(fusion).__name__}")
+    return Fusion(
+        _check_number(fusion.rrf_k, "rrf_k"),
+        _check_number(fusion.w_vector, "vector_weight"),
+        _check_number(fusion.w_text, "text_weight"),
+    )
+
+
 def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
     if (
         isinstance(value, bool)
@@ -149,6 +168,7 @@ class Core:
         *,
         distance: str | None,
         precision: str | None,
+        text_search_config: str | None,
         auto_migrate: bool,
         dedupe: bool,
         cache_size: int,
@@ -169,6 +189,13 @@ class Core:
         self.collection_name = check_collection_name(collection_name)
         self.distance = distance
         self.precision = precision
+        if text_search_config is not None and (
+            not isinstance(text_search_config, str) or not text_search_config.strip()
+        ):
+            raise ConfigurationError(
+                f"text_search_config must be a non-empty str, got {text_search_config!r:.80}"
+            )
+        self.text_search_config = text_search_config
         self.auto_migrate = auto_migrate
         self.requested_url = database_url
         self.url = ""
@@ -199,7 +226,12 @@ class Core:
             )
         yield from offload(prepare_database, self.url, self.auto_migrate)
         info = yield from open_collection(
-            self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
+            self.collection_name,
+            self.embedding.name,
+            self.embedding.dim,
+            self.distance,
+            self.precision,
+            self.text_search_config,
         )
         yield from repair(info)
         self.info = info
@@ -245,7 +277,12 @@ class Core:
         return compiled
 
     def memory(
-        self, row: Sequence[Any], score: float | None = None, embedding: Any = None, expires_at: Any = None
+        self,
+        row: Sequence[Any],
+        score: float | None = None,
+        embedding: Any = None,
+        expires_at: Any = None,
+        ranks: dict[str, Any] | None = None,
     ) -> Memory:
         """A result row (id, text, metadata, created_at, updated_at, ...) as the caller sees it."""
         row_id = row[0]
@@ -259,6 +296,7 @@ class Core:
             updated_at=row[4],
             embedding=read_vector(embedding) if embedding is not None else None,
             expires_at=expires_at,
+            ranks=ranks,
         )
 
     def cache_info(self) -> CacheInfo:
@@ -435,8 +473,17 @@ class Core:
         exact: bool | None,
         ef_search: int | None,
         include_embeddings: bool = False,
+        mode: str = "vector",
+        fusion: Fusion | None = None,
+        ranks: bool = False,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         _check_int(top_k, "top_k", 1, MAX_TOP_K)
+        if mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r:.80}")
+        if mode != "vector":
+            self.sealer.check_text_search(mode)
+        fused = _check_fusion(fusion or Fusion())
+        _check_bool(ranks, "ranks")
         vectors = _check_bool(include_embeddings, "include_embeddings")
         if ef_search is not None:
             _check_int(ef_search, "ef_search", 1)
@@ -447,6 +494,8 @@ class Core:
         f = self._where(filter)
         vector = check_embedding(embedding, self.embedding.dim) if embedding is not None else None
         text = check_text(query, "query") if vector is None and query else None
+        if mode != "vector":
+            return self._ranked(query, top_k, f, vector, mode, fused, exact, ef_search, vectors, ranks)
 
         def body(scope: Scope) -> Operation[tuple[list[Memory], SearchPlan]]:
             if vector is None and text is None:
@@ -463,9 +512,62 @@ class Core:
                     r,
                     score_from_distance(distance, float(r[DISTANCE])),
                     embedding=r[DISTANCE + 1] if vectors else None,
+                    ranks={"vector_rank": i + 1} if ranks else None,
                 )
-                for r in rows
+                for i, r in enumerate(rows)
             ], plan
+
+        return self._call(body, idempotent=True)
+
+    def _ranked(
+        self,
+        query: str | None,
+        top_k: int,
+        f: Filter,
+        vector: npt.NDArray[np.float32] | None,
+        mode: str,
+        fusion: Fusion,
+        exact: bool | None,
+        ef_search: int | None,
+        vectors: bool,
+        ranks: bool,
+    ) -> Call[tuple[list[Memory], SearchPlan]]:
+        """``retrieve`` in mode text or hybrid: the query's words are needed (an embedding alone
+        cannot be searched as text); an empty query lists the newest, as in mode vector."""
+        text = check_text(query, "query") if query else None
+        if text is None and vector is not None:
+            raise InvalidInput(f"mode={mode!r} needs the query text (an embedding alone has no words)")
+
+        def body(scope: Scope) -> Operation[tuple[list[Memory], SearchPlan]]:
+            if text is None:
+                rows = yield from reads.newest(scope, f, top_k, vectors)
+                recent = SearchPlan("recent", "empty query: newest first", None)
+                return [self._read(r, vectors) for r in rows], recent
+            q = None
+            if mode == "hybrid":
+                q = vector if vector is not None else (yield from offload(self.embedding.one, text))
+            found, plan = yield from hybrid.rank(
+                scope,
+                self.planner,
+                f,
+                text,
+                q,
+                top_k,
+                fusion,
+                exact=exact,
+                ef_search=ef_search,
+                embeddings=vectors,
+            )
+            distance = scope.info.distance
+            memories = []
+            for r in found:
+                detail = dict(r.ranks)
+                if r.distance is not None:
+                    detail["similarity"] = score_from_distance(distance, r.distance)
+                memories.append(
+                    self.memory(r.row, r.score, embedding=r.embedding, ranks=detail if ranks else None)
+                )
+            return memories, plan
 
         return self._call(body, idempotent=True)
 
@@ -518,7 +620,12 @@ class Core:
             info = scope.info
             # Created with this collection's embedder and options when absent; checked when present.
             target = yield from open_collection(
-                target_name, self.embedding.name, self.embedding.dim, info.distance, info.precision
+                target_name,
+                self.embedding.name,
+                self.embedding.dim,
+                info.distance,
+                info.precision,
+                info.text_search_config,
             )
             return (
                 yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target.id), f, target)
