@@ -28,6 +28,7 @@ from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
 from .recall import RecallReport
 from .runner import AsyncRunner
+from .scoring import Scoring
 from .search import SearchPlan
 from .steps import Call
 
@@ -302,6 +303,13 @@ class AsyncMemoryAPI:
         rrf_k: float = 60.0,
         vector_weight: float = 1.0,
         text_weight: float = 1.0,
+        recency_weight: float = 0.0,
+        half_life: timedelta = timedelta(days=1),
+        importance_key: str | None = None,
+        importance_weight: float = 0.0,
+        importance_scale: tuple[float, float] = (1.0, 10.0),
+        similarity_weight: float = 1.0,
+        min_score: float | None = None,
         ranks: bool = False,
         exact: bool | None = None,
         ef_search: int | None = None,
@@ -312,9 +320,14 @@ class AsyncMemoryAPI:
         ``mode="vector"`` ranks by embedding similarity; ``"text"`` by full text search of the
         query's words (rare words weigh more; quotes and ``-word`` are taken as websearch
         syntax); ``"hybrid"`` fuses both rankings by reciprocal rank (``rrf_k``, and the arms'
-        ``vector_weight`` / ``text_weight``). ``ranks=True`` fills ``Memory.ranks`` with each
-        arm's rank and score. With an empty query and no ``embedding`` nothing is ranked (and
-        nothing embedded): the matching memories come back newest first, with ``score`` None.
+        ``vector_weight`` / ``text_weight``). In mode vector, ``recency_weight`` and
+        ``importance_weight`` make the score ``similarity_weight * similarity + recency_weight *
+        0.5 ** (age / half_life) + importance_weight * importance`` (the metadata value at
+        ``importance_key`` scaled from ``importance_scale`` to 0..1), and the top k is exact for
+        it. ``min_score`` drops results scoring less. ``ranks=True`` fills ``Memory.ranks`` with
+        each arm's rank and score (or the score's parts). With an empty query and no
+        ``embedding`` nothing is ranked (and nothing embedded): the matching memories come back
+        newest first, with ``score`` None.
         ``include_embeddings=True`` fills ``Memory.embedding``.
         """
         call = self._core.retrieve(
@@ -328,6 +341,15 @@ class AsyncMemoryAPI:
             mode=mode,
             fusion=Fusion(rrf_k, vector_weight, text_weight),
             ranks=ranks,
+            scoring=Scoring(
+                similarity_weight,
+                recency_weight,
+                half_life,
+                importance_key,
+                importance_weight,
+                importance_scale,
+            ),
+            min_score=min_score,
         )
         return (await self._run(call))[0]
 

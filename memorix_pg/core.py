@@ -30,6 +30,7 @@ from .filters import index_expression
 from .hybrid import MODES, Fusion
 from .memory import Memory
 from .scope import Scope, tenant_settings
+from .scoring import Scoring, rank_scored
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
 from .server import ensure_embedded_server
 from .statements import Filter, compile_where
@@ -126,12 +127,44 @@ def _check_bool(value: object, name: str) -> bool:
     return value
 
 
-def _check_number(value: object, name: str, positive: bool = False) -> float:
+def _check_number(value: object, name: str, positive: bool = False, signed: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
         raise InvalidInput(f"{name} must be a finite number, got {value!r:.80}")
+    if signed:
+        return float(value)
     if value < 0 or (positive and value == 0):
         raise InvalidInput(f"{name} must be {'positive' if positive else '>= 0'}, got {value!r}")
     return float(value)
+
+
+def _check_scoring(scoring: object) -> Scoring:
+    if not isinstance(scoring, Scoring):
+        raise InvalidInput(f"scoring must be a Scoring, got {type(scoring).__name__}")
+    key = scoring.importance_key
+    if key is not None and (not isinstance(key, str) or not key or any(not p for p in key.split("."))):
+        raise InvalidInput(f"importance_key must be a metadata key (dotted for nested ones), got {key!r:.80}")
+    scale = scoring.importance_scale
+    if (
+        not isinstance(scale, tuple | list)
+        or len(scale) != 2
+        or _check_number(scale[0], "importance_scale[0]", signed=True)
+        >= _check_number(scale[1], "importance_scale[1]", signed=True)
+    ):
+        raise InvalidInput(f"importance_scale must be (low, high) numbers with low < high, got {scale!r:.80}")
+    return Scoring(
+        _check_number(scoring.similarity_weight, "similarity_weight"),
+        _check_number(scoring.recency_weight, "recency_weight"),
+        _positive_timedelta(scoring.half_life, "half_life"),
+        key,
+        _check_number(scoring.importance_weight, "importance_weight"),
+        (float(scale[0]), float(scale[1])),
+    )
+
+
+def _at_least(found: tuple[list[Memory], SearchPlan], floor: float) -> tuple[list[Memory], SearchPlan]:
+    """``min_score``: the results scoring below ``floor`` dropped (an unranked result is kept)."""
+    memories, plan = found
+    return [m for m in memories if m.score is None or m.score >= floor], plan
 
 
 def _check_fusion(fusion: object) -> Fusion:
@@ -476,6 +509,8 @@ class Core:
         mode: str = "vector",
         fusion: Fusion | None = None,
         ranks: bool = False,
+        scoring: Scoring | None = None,
+        min_score: float | None = None,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         _check_int(top_k, "top_k", 1, MAX_TOP_K)
         if mode not in MODES:
@@ -484,6 +519,38 @@ class Core:
             self.sealer.check_text_search(mode)
         fused = _check_fusion(fusion or Fusion())
         _check_bool(ranks, "ranks")
+        scores = _check_scoring(scoring or Scoring())
+        if scores.active and mode != "vector":
+            raise InvalidInput(
+                "recency_weight and importance_weight combine with the similarity of mode='vector'; "
+                f"mode={mode!r} ranks by fused ranks"
+            )
+        floor = None if min_score is None else _check_number(min_score, "min_score", signed=True)
+        call = self._retrieve(
+            query, top_k, filter, embedding, exact, ef_search, include_embeddings, mode, fused, ranks, scores
+        )
+        if floor is None:
+            return call
+
+        def floored() -> Operation[tuple[list[Memory], SearchPlan]]:
+            return _at_least((yield from call.make()), floor)
+
+        return Call(floored, idempotent=call.idempotent)
+
+    def _retrieve(
+        self,
+        query: str | None,
+        top_k: int,
+        filter: Mapping[str, Any] | None,
+        embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None,
+        exact: bool | None,
+        ef_search: int | None,
+        include_embeddings: bool,
+        mode: str,
+        fused: Fusion,
+        ranks: bool,
+        scores: Scoring,
+    ) -> Call[tuple[list[Memory], SearchPlan]]:
         vectors = _check_bool(include_embeddings, "include_embeddings")
         if ef_search is not None:
             _check_int(ef_search, "ef_search", 1)
@@ -503,6 +570,8 @@ class Core:
                 recent = SearchPlan("recent", "empty query: newest first", None)
                 return [self._read(r, vectors) for r in rows], recent
             q = vector if vector is not None else (yield from offload(self.embedding.one, text))
+            if scores.active:
+                return (yield from self._scored(scope, f, q, top_k, scores, exact, ef_search, vectors, ranks))
             rows, plan = yield from search(
                 scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search, embeddings=vectors
             )
@@ -518,6 +587,43 @@ class Core:
             ], plan
 
         return self._call(body, idempotent=True)
+
+    def _scored(
+        self,
+        scope: Scope,
+        f: Filter,
+        q: npt.NDArray[np.float32],
+        top_k: int,
+        scores: Scoring,
+        exact: bool | None,
+        ef_search: int | None,
+        vectors: bool,
+        ranks: bool,
+    ) -> Operation[tuple[list[Memory], SearchPlan]]:
+        def metadata_of(row: Sequence[Any]) -> Mapping[str, Any]:
+            return self.sealer.open_metadata(row[0], dict(row[2]))
+
+        found, plan = yield from rank_scored(
+            scope,
+            self.planner,
+            f,
+            q,
+            top_k,
+            scores,
+            metadata_of,
+            exact=exact,
+            ef_search=ef_search,
+            embeddings=vectors,
+        )
+        return [
+            self.memory(
+                s.row,
+                s.score,
+                embedding=s.row[DISTANCE + 1] if vectors else None,
+                ranks=dict(s.parts) if ranks else None,
+            )
+            for s in found
+        ], plan
 
     def _ranked(
         self,
