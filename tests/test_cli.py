@@ -60,7 +60,7 @@ def test_store_search_stats(run) -> None:  # type: ignore[no-untyped-def]
     out = run("search", "Lisbon", "--mode", "text", "--json", *common)
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["User lives in Lisbon"]
     out = run("search", "where does the user live? Lisbon", "--mode", "hybrid", "--json", *common)
-    assert [json.loads(line)["text"] for line in out.splitlines()][0] == "User lives in Lisbon"
+    assert json.loads(out.splitlines()[0])["text"] == "User lives in Lisbon"
     assert "Invalid value for '--mode'" in run("search", "x", "--mode", "bm25", *common, ok=False)
 
     out = run("stats", "--group-by", "type", *common)

@@ -89,7 +89,7 @@ def test_combined_top_k_with_a_filter_and_past_the_first_fetch(make_api) -> None
 
 def test_min_score_drops_weaker_results(make_api) -> None:
     api = make_api("floor", embedder=f"hash-{DIM}")
-    ids, vectors, created, metas = _collection(api, 50, seed=8)
+    ids, vectors, _, _ = _collection(api, 50, seed=8)
     q = vectors[4]
     everything = api.retrieve(None, top_k=50, embedding=q)
     floor = everything[9].score
