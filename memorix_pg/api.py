@@ -27,6 +27,7 @@ from .hybrid import Fusion
 from .lifecycle import CompressionReport, DuplicatePair, Summarizer
 from .memory import Memory
 from .recall import RecallReport
+from .rerank import Reranker
 from .runner import SyncRunner
 from .scoring import Scoring
 from .search import SearchPlan
@@ -307,6 +308,10 @@ class MemoryAPI:
         importance_scale: tuple[float, float] = (1.0, 10.0),
         similarity_weight: float = 1.0,
         min_score: float | None = None,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float = 0.5,
+        reranker: Reranker | None = None,
         ranks: bool = False,
         exact: bool | None = None,
         ef_search: int | None = None,
@@ -322,7 +327,11 @@ class MemoryAPI:
         0.5 ** (age / half_life) + importance_weight * importance`` (the metadata value at
         ``importance_key`` scaled from ``importance_scale`` to 0..1), and the top k is exact for
         it. ``min_score`` drops results scoring less. ``ranks=True`` fills ``Memory.ranks`` with
-        each arm's rank and score (or the score's parts). With an empty query and no
+        each arm's rank and score (or the score's parts). ``mmr=True`` picks the ``top_k`` of
+        ``fetch_k`` candidates (20 by default) by maximal marginal relevance (``lambda_mult``: 1
+        is pure similarity, 0 pure diversity); ``reranker`` (a callable ``(query, memories) ->
+        scores``, e.g. :class:`~memorix_pg.rerank.CrossEncoderReranker`) orders the candidates
+        by its scores, which become ``Memory.score``. With an empty query and no
         ``embedding`` nothing is ranked (and nothing embedded): the matching memories come back
         newest first, with ``score`` None.
         ``include_embeddings=True`` fills ``Memory.embedding``.
@@ -347,6 +356,10 @@ class MemoryAPI:
                 importance_scale,
             ),
             min_score=min_score,
+            mmr=mmr,
+            fetch_k=fetch_k,
+            lambda_mult=lambda_mult,
+            reranker=reranker,
         )
         return (self._run(call))[0]
 

@@ -8,6 +8,7 @@ lifecycle), written once for both.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from .errors import CollectionNotFound, ConfigurationError, FilterError, Invalid
 from .filters import index_expression
 from .hybrid import MODES, Fusion
 from .memory import Memory
+from .rerank import Reranker, mmr_order, rerank_scores
 from .scope import Scope, tenant_settings
 from .scoring import Scoring, rank_scored
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
@@ -61,6 +63,7 @@ T = TypeVar("T")
 
 VECTOR_STORES = ("pgvector", "postgres", "postgresql")
 MAX_TOP_K = 2**31 - 1  # LIMIT takes a bigint; nothing sensible asks for more than int4
+FETCH_K = 20  # candidates for mmr and rerankers when fetch_k is not given
 MAX_RECALL_QUERIES = 10_000  # check_recall runs an exact scan per query
 MAX_RECALL_TOP_K = 1000  # pgvector's largest ef_search: a walk returns no more
 
@@ -159,6 +162,11 @@ def _check_scoring(scoring: object) -> Scoring:
         _check_number(scoring.importance_weight, "importance_weight"),
         (float(scale[0]), float(scale[1])),
     )
+
+
+def _vector(memory: Memory) -> npt.NDArray[np.float32]:
+    assert memory.embedding is not None  # fetched with include_embeddings
+    return memory.embedding
 
 
 def _at_least(found: tuple[list[Memory], SearchPlan], floor: float) -> tuple[list[Memory], SearchPlan]:
@@ -511,6 +519,10 @@ class Core:
         ranks: bool = False,
         scoring: Scoring | None = None,
         min_score: float | None = None,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float = 0.5,
+        reranker: Reranker | None = None,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         _check_int(top_k, "top_k", 1, MAX_TOP_K)
         if mode not in MODES:
@@ -526,16 +538,72 @@ class Core:
                 f"mode={mode!r} ranks by fused ranks"
             )
         floor = None if min_score is None else _check_number(min_score, "min_score", signed=True)
+        _check_bool(mmr, "mmr")
+        if reranker is not None and not callable(reranker):
+            raise InvalidInput(
+                f"reranker must be a callable (query, memories) -> scores, got {reranker!r:.80}"
+            )
+        if fetch_k is not None:
+            _check_int(fetch_k, "fetch_k", 1, MAX_TOP_K)
+        lam = _check_number(lambda_mult, "lambda_mult")
+        if lam > 1:
+            raise InvalidInput(f"lambda_mult must be in [0, 1], got {lambda_mult!r}")
+        reranking = mmr or reranker is not None
+        if mmr and mode == "text":
+            raise InvalidInput("mmr needs the vectors of the candidates: use mode='vector' or 'hybrid'")
+        if reranking and not query and embedding is None:
+            raise InvalidInput("mmr and reranker need a query (an empty one ranks nothing)")
+        if reranker is not None and not query:
+            raise InvalidInput("a reranker needs the query text")
+        fetch = max(fetch_k or FETCH_K, top_k) if reranking else top_k
         call = self._retrieve(
-            query, top_k, filter, embedding, exact, ef_search, include_embeddings, mode, fused, ranks, scores
+            query,
+            fetch,
+            filter,
+            embedding,
+            exact,
+            ef_search,
+            include_embeddings or mmr,
+            mode,
+            fused,
+            ranks,
+            scores,
         )
-        if floor is None:
+        if not reranking and floor is None:
             return call
+        given = check_embedding(embedding, self.embedding.dim) if embedding is not None else None
 
-        def floored() -> Operation[tuple[list[Memory], SearchPlan]]:
-            return _at_least((yield from call.make()), floor)
+        def after() -> Operation[tuple[list[Memory], SearchPlan]]:
+            found, plan = yield from call.make()
+            if mmr:
+                q = given if given is not None else (yield from offload(self.embedding.one, query))
+                vectors = np.stack([_vector(m) for m in found]) if found else np.empty((0, 1), np.float32)
+                picked = mmr_order(q, vectors, top_k if reranker is None else fetch, lam)
+                found = [found[i] for i in picked]
+                if not include_embeddings:
+                    found = [dataclasses.replace(m, embedding=None) for m in found]
+            if reranker is not None:
+                assert query is not None
+                scored = yield from offload(rerank_scores, reranker, query, found)
+                order = sorted(range(len(found)), key=lambda i: -scored[i])
+                found = [
+                    dataclasses.replace(
+                        found[i],
+                        score=scored[i],
+                        ranks={
+                            **(found[i].ranks or {}),
+                            "before_rerank": i + 1,
+                            "ranking_score": found[i].score,
+                        }
+                        if ranks
+                        else None,
+                    )
+                    for i in order
+                ]
+            found = found[:top_k]
+            return _at_least((found, plan), floor) if floor is not None else (found, plan)
 
-        return Call(floored, idempotent=call.idempotent)
+        return Call(after, idempotent=call.idempotent)
 
     def _retrieve(
         self,
