@@ -55,7 +55,7 @@ __all__ = [
 
 MODES = ("vector", "text", "hybrid")
 CANDIDATES_MIN = 50  # each hybrid arm fetches max(2k, this) rows
-DF_CAP = 1000  # lexeme and collection counts stop here (each costs at most this many index entries)
+DF_CAP = 256  # lexeme and collection counts stop here (each costs at most this many index entries)
 
 _WEBSEARCH = re.compile(r'"|(?:^|\s)-\w|\s(?:or|OR)\s')
 
