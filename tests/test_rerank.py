@@ -40,7 +40,7 @@ def test_mmr_trades_similarity_for_diversity(make_api) -> None:  # type: ignore[
     api = make_api("mmr", embedder=f"hash-{DIM}")
     base = np.eye(DIM, dtype=np.float32)
     near = [base[0] + 0.01 * i * base[1] for i in range(5)]  # five near-copies close to the query
-    far = [base[0] + base[2], base[0] + base[3]]  # less similar, but different
+    far = [base[0] + base[2], base[0] + 1.2 * base[3]]  # less similar, but different (and not tied)
     vectors = np.stack(near + far)
     ids = api.store_batch([f"v{i}" for i in range(len(vectors))], embeddings=vectors)
     q = base[0]
