@@ -24,11 +24,14 @@ from .core import Core
 from .embedders import Embedder
 from .errors import InvalidInput, MemorixError
 from .history import HistoryEvent
+from .hybrid import Fusion
 from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
+from .rerank import Reranker
 from .runner import AsyncRunner
 from .schemas import SchemaProblem
+from .scoring import Scoring
 from .search import SearchPlan
 from .steps import Call
 
@@ -41,7 +44,9 @@ class AsyncMemoryAPI:
     """Store, retrieve, update and delete memories in one collection.
 
     ``database_url`` (else ``MEMORIX_DATABASE_URL``, else an embedded server) picks the
-    database. ``distance`` (cosine, l2, ip) and ``precision`` (full, half) apply when the
+    database. ``distance`` (cosine, l2, ip), ``precision`` (full, half) and
+    ``text_search_config`` (PostgreSQL's text search configuration for ``mode="text"`` and
+    ``"hybrid"`` and ``$text``: ``simple`` by default, or e.g. ``english``) apply when the
     collection is created and are fixed after. ``dedupe=True`` makes ``store`` return the
     existing id for a text already in the collection; ``cache_size`` bounds the LRU cache
     of embeddings (0 disables it). ``tenant`` scopes every read and write to one tenant,
@@ -67,6 +72,7 @@ class AsyncMemoryAPI:
         *,
         distance: str | None = None,
         precision: str | None = None,
+        text_search_config: str | None = None,
         auto_migrate: bool = True,
         dedupe: bool = False,
         cache_size: int = 1024,
@@ -90,6 +96,7 @@ class AsyncMemoryAPI:
             database_url,
             distance=distance,
             precision=precision,
+            text_search_config=text_search_config,
             auto_migrate=auto_migrate,
             dedupe=dedupe,
             cache_size=cache_size,
@@ -307,21 +314,71 @@ class AsyncMemoryAPI:
         filter: Mapping[str, Any] | None = None,
         embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None = None,
         *,
+        mode: str = "vector",
+        rrf_k: float = 60.0,
+        vector_weight: float = 1.0,
+        text_weight: float = 1.0,
+        recency_weight: float = 0.0,
+        half_life: timedelta = timedelta(days=1),
+        importance_key: str | None = None,
+        importance_weight: float = 0.0,
+        importance_scale: tuple[float, float] = (1.0, 10.0),
+        similarity_weight: float = 1.0,
+        min_score: float | None = None,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float = 0.5,
+        reranker: Reranker | None = None,
+        ranks: bool = False,
         exact: bool | None = None,
         ef_search: int | None = None,
         include_embeddings: bool = False,
     ) -> builtins.list[Memory]:
         """The ``top_k`` memories most similar to ``query`` among those matching ``filter``.
 
-        With an empty query and no ``embedding`` nothing is ranked (and nothing embedded):
-        the matching memories come back newest first, with ``score`` None.
+        ``mode="vector"`` ranks by embedding similarity; ``"text"`` by full text search of the
+        query's words (rare words weigh more; quotes and ``-word`` are taken as websearch
+        syntax); ``"hybrid"`` fuses both rankings by reciprocal rank (``rrf_k``, and the arms'
+        ``vector_weight`` / ``text_weight``). In mode vector, ``recency_weight`` and
+        ``importance_weight`` make the score ``similarity_weight * similarity + recency_weight *
+        0.5 ** (age / half_life) + importance_weight * importance`` (the metadata value at
+        ``importance_key`` scaled from ``importance_scale`` to 0..1), and the top k is exact for
+        it. ``min_score`` drops results scoring less. ``ranks=True`` fills ``Memory.ranks`` with
+        each arm's rank and score (or the score's parts). ``mmr=True`` picks the ``top_k`` of
+        ``fetch_k`` candidates (20 by default) by maximal marginal relevance (``lambda_mult``: 1
+        is pure similarity, 0 pure diversity); ``reranker`` (a callable ``(query, memories) ->
+        scores``, e.g. :class:`~memorix_pg.rerank.CrossEncoderReranker`) orders the candidates
+        by its scores, which become ``Memory.score``. With an empty query and no
+        ``embedding`` nothing is ranked (and nothing embedded): the matching memories come back
+        newest first, with ``score`` None.
         ``include_embeddings=True`` fills ``Memory.embedding``.
         """
-        return (
-            await self._run(
-                self._core.retrieve(query, top_k, filter, embedding, exact, ef_search, include_embeddings)
-            )
-        )[0]
+        call = self._core.retrieve(
+            query,
+            top_k,
+            filter,
+            embedding,
+            exact,
+            ef_search,
+            include_embeddings,
+            mode=mode,
+            fusion=Fusion(rrf_k, vector_weight, text_weight),
+            ranks=ranks,
+            scoring=Scoring(
+                similarity_weight,
+                recency_weight,
+                half_life,
+                importance_key,
+                importance_weight,
+                importance_scale,
+            ),
+            min_score=min_score,
+            mmr=mmr,
+            fetch_k=fetch_k,
+            lambda_mult=lambda_mult,
+            reranker=reranker,
+        )
+        return (await self._run(call))[0]
 
     async def explain_retrieve(
         self,
@@ -330,11 +387,25 @@ class AsyncMemoryAPI:
         filter: Mapping[str, Any] | None = None,
         embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None = None,
         *,
+        mode: str = "vector",
+        rrf_k: float = 60.0,
+        vector_weight: float = 1.0,
+        text_weight: float = 1.0,
         exact: bool | None = None,
         ef_search: int | None = None,
     ) -> SearchPlan:
         """Which search path ``retrieve`` takes for these arguments, and why."""
-        return (await self._run(self._core.retrieve(query, top_k, filter, embedding, exact, ef_search)))[1]
+        call = self._core.retrieve(
+            query,
+            top_k,
+            filter,
+            embedding,
+            exact,
+            ef_search,
+            mode=mode,
+            fusion=Fusion(rrf_k, vector_weight, text_weight),
+        )
+        return (await self._run(call))[1]
 
     async def check_recall(
         self,

@@ -58,6 +58,7 @@ _COLUMNS = (
     collections.c.dimension,
     collections.c.distance,
     collections.c.precision,
+    collections.c.text_search_config,
 )
 
 
@@ -155,13 +156,19 @@ def check_options(distance: str | None, precision: str | None) -> None:
 
 
 def check_matches(
-    info: CollectionInfo, embedder_name: str, dimension: int, distance: str | None, precision: str | None
+    info: CollectionInfo,
+    embedder_name: str,
+    dimension: int,
+    distance: str | None,
+    precision: str | None,
+    text_search_config: str | None = None,
 ) -> None:
     """The collection fits the embedder and the options asked for (fixed at creation)."""
     check_compatible(info, embedder_name, dimension)
     for option, wanted, actual in (
         ("distance", distance, info.distance),
         ("precision", precision, info.precision),
+        ("text_search_config", text_search_config, info.text_search_config),
     ):
         if wanted is not None and wanted != actual:
             raise ConfigurationError(
@@ -197,11 +204,27 @@ def open_collection(
     dimension: int,
     distance: str | None = None,
     precision: str | None = None,
+    text_search_config: str | None = None,
 ) -> Operation[CollectionInfo]:
     """The collection ``name``, created (with its HNSW index) when absent. Safe to race."""
     check_options(distance, precision)
     row = yield from fetch_one(_select_collection(name), final=True)
     if row is None:
+        config = text_search_config or "simple"
+        known = yield from fetch_one(
+            Query(
+                b"SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_ts_config c JOIN pg_catalog.pg_namespace n "
+                b"ON n.oid = c.cfgnamespace WHERE (c.cfgname = %(config)s AND "
+                b"pg_catalog.pg_ts_config_is_visible(c.oid)) OR n.nspname || '.' || c.cfgname = %(config)s)",
+                {"config": config},
+            ),
+            final=True,
+        )
+        if not (known and known[0]):
+            raise ConfigurationError(
+                f"text_search_config {config!r} is not a text search configuration of this server "
+                "(see \\dF in psql; e.g. 'simple', 'english')"
+            )
         statement = (
             insert(collections)
             .values(
@@ -210,6 +233,7 @@ def open_collection(
                 dimension=sa.bindparam("dimension"),
                 distance=sa.bindparam("distance"),
                 precision=sa.bindparam("precision"),
+                text_search_config=sa.bindparam("text_search_config"),
             )
             .on_conflict_do_nothing(index_elements=["name"])
         )
@@ -219,6 +243,7 @@ def open_collection(
             "dimension": dimension,
             "distance": distance or "cosine",
             "precision": precision or "full",
+            "text_search_config": config,
         }
         yield from execute(adhoc(statement, params))
         row = yield from fetch_one(_select_collection(name))
@@ -226,7 +251,7 @@ def open_collection(
         yield from _create_index_unless_refused(_info_from(row), name)
         yield from execute(final=True)
     info = _info_from(row)
-    check_matches(info, embedder_name, dimension, distance, precision)
+    check_matches(info, embedder_name, dimension, distance, precision, text_search_config)
     return info
 
 

@@ -266,6 +266,13 @@ def store(
 @click.argument("query")
 @click.option("--filter", "-f", "filter_json", default=None, help="Mongo-style filter as JSON.")
 @click.option("--top-k", "-k", default=5, show_default=True, help="How many results.")
+@click.option(
+    "--mode",
+    type=click.Choice(["vector", "text", "hybrid"]),
+    default="vector",
+    show_default=True,
+    help="Rank by embedding similarity, by full text search, or by both fused.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @database_option
 @collection_option
@@ -275,6 +282,7 @@ def search(
     query: str,
     filter_json: str | None,
     top_k: int,
+    mode: str,
     as_json: bool,
     database_url: str | None,
     collection: str,
@@ -285,9 +293,10 @@ def search(
     \b
     Example:
       memorix-pg search "what does the user like?" --filter '{"type": "preference"}' --top-k 3
+      memorix-pg search "status of order 48213" --mode hybrid
     """
     api = _api(database_url, collection, embedder)
-    results = api.retrieve(query, top_k=top_k, filter=_json_option(filter_json, "--filter"))
+    results = api.retrieve(query, top_k=top_k, filter=_json_option(filter_json, "--filter"), mode=mode)
     for memory in results:
         if as_json:
             click.echo(

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import history as history_events
-from . import lifecycle, reads, recall, writes
+from . import hybrid, lifecycle, reads, recall, writes
 from .cache import CacheInfo
 from .catalog import (
     CollectionSummary,
@@ -36,10 +36,13 @@ from .embedders import Embedder, resolve_embedder
 from .embedding import Embedding
 from .errors import CollectionNotFound, ConfigurationError, FilterError, InvalidInput, MemoryNotFound
 from .filters import compile_filter, index_expression
+from .hybrid import MODES, Fusion
 from .memory import Memory
 from .models import history
+from .rerank import Reranker, mmr_order, rerank_scores
 from .schemas import MetadataSchema, SchemaProblem, check_strict_filters
 from .scope import Scope, tenant_settings
+from .scoring import Scoring, rank_scored
 from .search import DISTANCE, Planner, SearchPlan, planner_for, search
 from .server import ensure_embedded_server
 from .statements import Filter, compile_where
@@ -77,6 +80,7 @@ T = TypeVar("T")
 
 VECTOR_STORES = ("pgvector", "postgres", "postgresql")
 MAX_TOP_K = 2**31 - 1  # LIMIT takes a bigint; nothing sensible asks for more than int4
+FETCH_K = 20  # candidates for mmr and rerankers when fetch_k is not given
 MAX_RECALL_QUERIES = 10_000  # check_recall runs an exact scan per query
 MAX_RECALL_TOP_K = 1000  # pgvector's largest ef_search: a walk returns no more
 
@@ -181,6 +185,61 @@ def _check_bool(value: object, name: str) -> bool:
     return value
 
 
+def _check_number(value: object, name: str, positive: bool = False, signed: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise InvalidInput(f"{name} must be a finite number, got {value!r:.80}")
+    if signed:
+        return float(value)
+    if value < 0 or (positive and value == 0):
+        raise InvalidInput(f"{name} must be {'positive' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def _check_scoring(scoring: object) -> Scoring:
+    if not isinstance(scoring, Scoring):
+        raise InvalidInput(f"scoring must be a Scoring, got {type(scoring).__name__}")
+    key = scoring.importance_key
+    if key is not None and (not isinstance(key, str) or not key or any(not p for p in key.split("."))):
+        raise InvalidInput(f"importance_key must be a metadata key (dotted for nested ones), got {key!r:.80}")
+    scale = scoring.importance_scale
+    if (
+        not isinstance(scale, tuple | list)
+        or len(scale) != 2
+        or _check_number(scale[0], "importance_scale[0]", signed=True)
+        >= _check_number(scale[1], "importance_scale[1]", signed=True)
+    ):
+        raise InvalidInput(f"importance_scale must be (low, high) numbers with low < high, got {scale!r:.80}")
+    return Scoring(
+        _check_number(scoring.similarity_weight, "similarity_weight"),
+        _check_number(scoring.recency_weight, "recency_weight"),
+        _positive_timedelta(scoring.half_life, "half_life"),
+        key,
+        _check_number(scoring.importance_weight, "importance_weight"),
+        (float(scale[0]), float(scale[1])),
+    )
+
+
+def _vector(memory: Memory) -> npt.NDArray[np.float32]:
+    assert memory.embedding is not None  # fetched with include_embeddings
+    return memory.embedding
+
+
+def _at_least(found: tuple[list[Memory], SearchPlan], floor: float) -> tuple[list[Memory], SearchPlan]:
+    """``min_score``: the results scoring below ``floor`` dropped (an unranked result is kept)."""
+    memories, plan = found
+    return [m for m in memories if m.score is None or m.score >= floor], plan
+
+
+def _check_fusion(fusion: object) -> Fusion:
+    if not isinstance(fusion, Fusion):
+        raise InvalidInput(f"fusion must be a Fusion, got {type(fusion).__name__}")
+    return Fusion(
+        _check_number(fusion.rrf_k, "rrf_k"),
+        _check_number(fusion.w_vector, "vector_weight"),
+        _check_number(fusion.w_text, "text_weight"),
+    )
+
+
 def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
     if (
         isinstance(value, bool)
@@ -205,6 +264,7 @@ class Core:
         *,
         distance: str | None,
         precision: str | None,
+        text_search_config: str | None,
         auto_migrate: bool,
         dedupe: bool,
         cache_size: int,
@@ -229,6 +289,13 @@ class Core:
         self.collection_name = check_collection_name(collection_name)
         self.distance = distance
         self.precision = precision
+        if text_search_config is not None and (
+            not isinstance(text_search_config, str) or not text_search_config.strip()
+        ):
+            raise ConfigurationError(
+                f"text_search_config must be a non-empty str, got {text_search_config!r:.80}"
+            )
+        self.text_search_config = text_search_config
         self.auto_migrate = auto_migrate
         self.requested_url = database_url
         self.url = ""
@@ -273,7 +340,12 @@ class Core:
             )
         yield from offload(prepare_database, self.url, self.auto_migrate)
         info = yield from open_collection(
-            self.collection_name, self.embedding.name, self.embedding.dim, self.distance, self.precision
+            self.collection_name,
+            self.embedding.name,
+            self.embedding.dim,
+            self.distance,
+            self.precision,
+            self.text_search_config,
         )
         yield from repair(info)
         stored = yield from read_metadata_schema(info)
@@ -329,7 +401,12 @@ class Core:
         return compiled
 
     def memory(
-        self, row: Sequence[Any], score: float | None = None, embedding: Any = None, expires_at: Any = None
+        self,
+        row: Sequence[Any],
+        score: float | None = None,
+        embedding: Any = None,
+        expires_at: Any = None,
+        ranks: dict[str, Any] | None = None,
     ) -> Memory:
         """A result row (id, text, metadata, created_at, updated_at, ...) as the caller sees it."""
         row_id = row[0]
@@ -343,6 +420,7 @@ class Core:
             updated_at=row[4],
             embedding=read_vector(embedding) if embedding is not None else None,
             expires_at=expires_at,
+            ranks=ranks,
         )
 
     def cache_info(self) -> CacheInfo:
@@ -533,8 +611,111 @@ class Core:
         exact: bool | None,
         ef_search: int | None,
         include_embeddings: bool = False,
+        mode: str = "vector",
+        fusion: Fusion | None = None,
+        ranks: bool = False,
+        scoring: Scoring | None = None,
+        min_score: float | None = None,
+        mmr: bool = False,
+        fetch_k: int | None = None,
+        lambda_mult: float = 0.5,
+        reranker: Reranker | None = None,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         _check_int(top_k, "top_k", 1, MAX_TOP_K)
+        if mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r:.80}")
+        if mode != "vector":
+            self.sealer.check_text_search(mode)
+        fused = _check_fusion(fusion or Fusion())
+        _check_bool(ranks, "ranks")
+        scores = _check_scoring(scoring or Scoring())
+        if scores.active and mode != "vector":
+            raise InvalidInput(
+                "recency_weight and importance_weight combine with the similarity of mode='vector'; "
+                f"mode={mode!r} ranks by fused ranks"
+            )
+        floor = None if min_score is None else _check_number(min_score, "min_score", signed=True)
+        _check_bool(mmr, "mmr")
+        if reranker is not None and not callable(reranker):
+            raise InvalidInput(
+                f"reranker must be a callable (query, memories) -> scores, got {reranker!r:.80}"
+            )
+        if fetch_k is not None:
+            _check_int(fetch_k, "fetch_k", 1, MAX_TOP_K)
+        lam = _check_number(lambda_mult, "lambda_mult")
+        if lam > 1:
+            raise InvalidInput(f"lambda_mult must be in [0, 1], got {lambda_mult!r}")
+        reranking = mmr or reranker is not None
+        if mmr and mode == "text":
+            raise InvalidInput("mmr needs the vectors of the candidates: use mode='vector' or 'hybrid'")
+        if reranking and not query and embedding is None:
+            raise InvalidInput("mmr and reranker need a query (an empty one ranks nothing)")
+        if reranker is not None and not query:
+            raise InvalidInput("a reranker needs the query text")
+        fetch = max(fetch_k or FETCH_K, top_k) if reranking else top_k
+        call = self._retrieve(
+            query,
+            fetch,
+            filter,
+            embedding,
+            exact,
+            ef_search,
+            include_embeddings or mmr,
+            mode,
+            fused,
+            ranks,
+            scores,
+        )
+        if not reranking and floor is None:
+            return call
+        given = check_embedding(embedding, self.embedding.dim) if embedding is not None else None
+
+        def after() -> Operation[tuple[list[Memory], SearchPlan]]:
+            found, plan = yield from call.make()
+            if mmr:
+                q = given if given is not None else (yield from offload(self.embedding.one, query))
+                vectors = np.stack([_vector(m) for m in found]) if found else np.empty((0, 1), np.float32)
+                picked = mmr_order(q, vectors, top_k if reranker is None else fetch, lam)
+                found = [found[i] for i in picked]
+                if not include_embeddings:
+                    found = [dataclasses.replace(m, embedding=None) for m in found]
+            if reranker is not None:
+                assert query is not None
+                scored = yield from offload(rerank_scores, reranker, query, found)
+                order = sorted(range(len(found)), key=lambda i: -scored[i])
+                found = [
+                    dataclasses.replace(
+                        found[i],
+                        score=scored[i],
+                        ranks={
+                            **(found[i].ranks or {}),
+                            "before_rerank": i + 1,
+                            "ranking_score": found[i].score,
+                        }
+                        if ranks
+                        else None,
+                    )
+                    for i in order
+                ]
+            found = found[:top_k]
+            return _at_least((found, plan), floor) if floor is not None else (found, plan)
+
+        return Call(after, idempotent=call.idempotent)
+
+    def _retrieve(
+        self,
+        query: str | None,
+        top_k: int,
+        filter: Mapping[str, Any] | None,
+        embedding: Sequence[float] | npt.NDArray[np.floating[Any]] | None,
+        exact: bool | None,
+        ef_search: int | None,
+        include_embeddings: bool,
+        mode: str,
+        fused: Fusion,
+        ranks: bool,
+        scores: Scoring,
+    ) -> Call[tuple[list[Memory], SearchPlan]]:
         vectors = _check_bool(include_embeddings, "include_embeddings")
         if ef_search is not None:
             _check_int(ef_search, "ef_search", 1)
@@ -545,6 +726,8 @@ class Core:
         f = self._where(filter)
         vector = check_embedding(embedding, self.embedding.dim) if embedding is not None else None
         text = check_text(query, "query") if vector is None and query else None
+        if mode != "vector":
+            return self._ranked(query, top_k, f, vector, mode, fused, exact, ef_search, vectors, ranks)
 
         def body(scope: Scope) -> Operation[tuple[list[Memory], SearchPlan]]:
             if vector is None and text is None:
@@ -552,6 +735,8 @@ class Core:
                 recent = SearchPlan("recent", "empty query: newest first", None)
                 return [self._read(r, vectors) for r in rows], recent
             q = vector if vector is not None else (yield from offload(self.embedding.one, text))
+            if scores.active:
+                return (yield from self._scored(scope, f, q, top_k, scores, exact, ef_search, vectors, ranks))
             rows, plan = yield from search(
                 scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search, embeddings=vectors
             )
@@ -561,9 +746,99 @@ class Core:
                     r,
                     score_from_distance(distance, float(r[DISTANCE])),
                     embedding=r[DISTANCE + 1] if vectors else None,
+                    ranks={"vector_rank": i + 1} if ranks else None,
                 )
-                for r in rows
+                for i, r in enumerate(rows)
             ], plan
+
+        return self._call(body, idempotent=True)
+
+    def _scored(
+        self,
+        scope: Scope,
+        f: Filter,
+        q: npt.NDArray[np.float32],
+        top_k: int,
+        scores: Scoring,
+        exact: bool | None,
+        ef_search: int | None,
+        vectors: bool,
+        ranks: bool,
+    ) -> Operation[tuple[list[Memory], SearchPlan]]:
+        def metadata_of(row: Sequence[Any]) -> Mapping[str, Any]:
+            return self.sealer.open_metadata(row[0], dict(row[2]))
+
+        found, plan = yield from rank_scored(
+            scope,
+            self.planner,
+            f,
+            q,
+            top_k,
+            scores,
+            metadata_of,
+            exact=exact,
+            ef_search=ef_search,
+            embeddings=vectors,
+        )
+        return [
+            self.memory(
+                s.row,
+                s.score,
+                embedding=s.row[DISTANCE + 1] if vectors else None,
+                ranks=dict(s.parts) if ranks else None,
+            )
+            for s in found
+        ], plan
+
+    def _ranked(
+        self,
+        query: str | None,
+        top_k: int,
+        f: Filter,
+        vector: npt.NDArray[np.float32] | None,
+        mode: str,
+        fusion: Fusion,
+        exact: bool | None,
+        ef_search: int | None,
+        vectors: bool,
+        ranks: bool,
+    ) -> Call[tuple[list[Memory], SearchPlan]]:
+        """``retrieve`` in mode text or hybrid: the query's words are needed (an embedding alone
+        cannot be searched as text); an empty query lists the newest, as in mode vector."""
+        text = check_text(query, "query") if query else None
+        if text is None and vector is not None:
+            raise InvalidInput(f"mode={mode!r} needs the query text (an embedding alone has no words)")
+
+        def body(scope: Scope) -> Operation[tuple[list[Memory], SearchPlan]]:
+            if text is None:
+                rows = yield from reads.newest(scope, f, top_k, vectors)
+                recent = SearchPlan("recent", "empty query: newest first", None)
+                return [self._read(r, vectors) for r in rows], recent
+            q = None
+            if mode == "hybrid":
+                q = vector if vector is not None else (yield from offload(self.embedding.one, text))
+            found, plan = yield from hybrid.rank(
+                scope,
+                self.planner,
+                f,
+                text,
+                q,
+                top_k,
+                fusion,
+                exact=exact,
+                ef_search=ef_search,
+                embeddings=vectors,
+            )
+            distance = scope.info.distance
+            memories = []
+            for r in found:
+                detail = dict(r.ranks)
+                if r.distance is not None:
+                    detail["similarity"] = score_from_distance(distance, r.distance)
+                memories.append(
+                    self.memory(r.row, r.score, embedding=r.embedding, ranks=detail if ranks else None)
+                )
+            return memories, plan
 
         return self._call(body, idempotent=True)
 
@@ -622,7 +897,12 @@ class Core:
             info = scope.info
             # Created with this collection's embedder and options when absent; checked when present.
             target = yield from open_collection(
-                target_name, self.embedding.name, self.embedding.dim, info.distance, info.precision
+                target_name,
+                self.embedding.name,
+                self.embedding.dim,
+                info.distance,
+                info.precision,
+                info.text_search_config,
             )
             return (
                 yield from lifecycle.archive(scope, self.planner, planner_for(self.url, target.id), f, target)

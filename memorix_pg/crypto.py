@@ -149,6 +149,22 @@ def _field_paths(filter: object) -> Iterator[str]:
             yield from _field_paths(item)
 
 
+def _text_operator(filter: object) -> str | None:
+    """The first ``$text`` / ``$contains`` operator at the top level of a filter (or under
+    $and/$or/$nor/$not), which search the memory text."""
+    if isinstance(filter, Mapping):
+        for key, value in filter.items():
+            if key in ("$text", "$contains"):
+                return str(key)
+            if key in ("$and", "$or", "$nor", "$not") and (found := _text_operator(value)) is not None:
+                return found
+    elif isinstance(filter, list | tuple):
+        for item in filter:
+            if (found := _text_operator(item)) is not None:
+                return found
+    return None
+
+
 class Sealer:
     """What a collection's rows look like stored: text and listed metadata values encrypted under
     ``cipher`` (or plaintext without one), and the dedup hash (keyed when encrypted)."""
@@ -194,6 +210,11 @@ class Sealer:
 
     def check_filter(self, filter: object) -> None:
         """Encrypted metadata values cannot be matched: say so instead of matching nothing."""
+        if self.cipher is not None and (op := _text_operator(filter)) is not None:
+            raise FilterError(
+                f"operator {op!r} searches the memory text, which is encrypted in this collection "
+                "(encryption_key): encrypted texts cannot be indexed or searched"
+            )
         if not self.encrypted_keys:
             return
         for path in _field_paths(filter):
@@ -202,6 +223,14 @@ class Sealer:
                 raise FilterError(
                     f"metadata key {key!r} is encrypted and cannot be filtered on (path {path!r})"
                 )
+
+    def check_text_search(self, mode: str) -> None:
+        """Full text search reads the stored text, which is ciphertext here."""
+        if self.cipher is not None:
+            raise InvalidInput(
+                f"mode={mode!r} searches the memory text, which is encrypted in this collection "
+                "(encryption_key): encrypted texts cannot be indexed or searched; use mode='vector'"
+            )
 
     def check_group_key(self, group_by: object) -> None:
         if isinstance(group_by, str) and group_by.split(".")[0] in self.encrypted_keys:

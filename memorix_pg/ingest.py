@@ -24,8 +24,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .errors import InvalidInput
-from .models import SCHEMA
-from .steps import Copy, Operation, Query, execute, fetch_all, fetch_one
+from .models import SCHEMA, TS_CONFIG_SETTING
+from .steps import Copy, Operation, Query, execute, fetch_one
 from .vector_index import CollectionInfo, embedding_column_name, vector_value
 
 __all__ = ["COPY_MIN_ROWS", "MemoryRows", "write_memories"]
@@ -118,7 +118,14 @@ def _insert(
         # clock_timestamp() per row when not given: rows of one batch get distinct, increasing times.
         "created": rows.created_at if rows.created_at is not None else [None] * len(rows),
     }
-    return len((yield from fetch_all(Query(_insert_sql(info), params, prepare=True), final=commit)))
+    query = Query(_insert_sql(info), params, prepare=True)
+    return len((yield from execute(query, final=commit, settings=ts_config_settings(info)))[0].rows)
+
+
+def ts_config_settings(info: CollectionInfo) -> tuple[tuple[str, str], ...]:
+    """``SET LOCAL memorix.ts_config`` for a collection whose configuration is not ``simple``:
+    the default of ``memories.ts_config``, from which ``text_search`` is generated (migration 0008)."""
+    return () if info.text_search_config == "simple" else ((TS_CONFIG_SETTING, info.text_search_config),)
 
 
 def _copy_records(
@@ -135,6 +142,8 @@ def _copy_records(
 def _copy_rows(
     info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, upsert: bool, tenant: str | None
 ) -> Operation[int]:
+    if settings := ts_config_settings(info):
+        yield from execute(Query(b"SELECT 1"), settings=settings)
     if rows.created_at is None:
         # COPY cannot call clock_timestamp() per row: stamp distinct, increasing times here,
         # as the INSERT path does, so that "newest first" follows the batch order.

@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -36,11 +37,13 @@ from sqlalchemy import (
 from sqlalchemy import (
     text as sql_text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "memorix"
 DISTANCES = ("cosine", "l2", "ip")
+TS_CONFIG_SETTING = "memorix.ts_config"
+TS_CONFIG_DEFAULT = "coalesce(nullif(current_setting('memorix.ts_config', true), ''), 'simple')::regconfig"
 
 
 class Base(DeclarativeBase):
@@ -63,6 +66,8 @@ class Collection(Base):
     dimension: Mapped[int] = mapped_column(Integer, nullable=False)
     distance: Mapped[str] = mapped_column(Text, nullable=False, server_default="cosine")
     precision: Mapped[str] = mapped_column(Text, nullable=False, server_default="full")
+    # The text search configuration of its memories' ``text_search`` (migration 0008).
+    text_search_config: Mapped[str] = mapped_column(Text, nullable=False, server_default="simple")
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
@@ -94,6 +99,7 @@ class MemoryRecord(Base):
             postgresql_using="gin",
             postgresql_ops={"metadata": "jsonb_path_ops"},
         ),
+        Index("memories_text_search_idx", "text_search", postgresql_using="gin"),
     )
 
     # Compared byte by byte (collation "C"): ids are opaque keys, ordered the same on every server.
@@ -119,6 +125,13 @@ class MemoryRecord(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Row-level security restricts rows to the ``memorix.tenant`` setting (migration 0003).
     tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The collection's text search configuration, from the ``memorix.ts_config`` setting (0008).
+    ts_config: Mapped[str] = mapped_column(
+        REGCONFIG, nullable=False, server_default=sql_text(TS_CONFIG_DEFAULT)
+    )
+    text_search: Mapped[Any] = mapped_column(
+        TSVECTOR, Computed("to_tsvector(ts_config, text)", persisted=True), nullable=True
+    )
 
 
 class HistoryEvent(Base):

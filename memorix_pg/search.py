@@ -112,6 +112,8 @@ __all__ = [
     "SearchPlan",
     "planner_for",
     "search",
+    "search_settings",
+    "vector_plan",
 ]
 
 # -- thresholds (measured; see the module docstring) ------------------------------------------
@@ -636,3 +638,30 @@ def _missed(
         return nearer_rows(sample, query, kth, returned)
     bound = kth - TOLERANCE * max(1.0, abs(kth))
     return [row_id for row_id, distance in confirmed if distance < bound and row_id not in returned]
+
+
+# -- for other rankings (hybrid.py) ------------------------------------------------------------
+
+
+def search_settings(ef: int | None, iterative: bool = True) -> tuple[tuple[str, str], ...]:
+    """The ``SET LOCAL`` settings of a search: the planner costs, and the walk's when ``ef``."""
+    return _settings(ef, iterative)
+
+
+def vector_plan(
+    scope: Scope, planner: Planner, f: Filter, fetch: int, exact: bool | None, ef_search: int | None
+) -> Operation[tuple[bool, int | None, str]]:
+    """How a ranking of the ``fetch`` nearest matching rows should run, as :func:`search` would
+    decide: (exact, ef_search of the walk, why). Probes only when no estimate is cached."""
+    if exact is True:
+        return True, None, "exact scan forced by exact=True"
+    estimate_key = (scope.key, scope.tenant, f.shape, f.values)
+    p = planner.estimate(estimate_key)
+    if p is None:
+        p = yield from _probe(scope, planner, scope.live(f), f)
+        planner.remember(estimate_key, p)
+    facts = f"~{p.estimated} of ~{round(p.graph)} graph elements match ({p.selectivity:.2%})"
+    if exact is None and (p.use_exact or fetch > EF_MAX):
+        return True, None, f"{facts}: exact scan"
+    ef = p.ef(fetch, ef_search)
+    return False, ef, f"{facts}: HNSW iterative scan, ef_search {ef}"

@@ -99,6 +99,7 @@ class CollectionInfo:
     dimension: int
     distance: str
     precision: str
+    text_search_config: str = "simple"  # the configuration of its memories' ``text_search``
 
     @property
     def index_type(self) -> str:

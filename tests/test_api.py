@@ -390,11 +390,13 @@ def test_memory_is_a_frozen_dataclass_with_the_documented_fields() -> None:
         "updated_at",
         "embedding",
         "expires_at",
+        "ranks",
     ]
     memory = Memory(id="x", text="t")
     assert (memory.metadata, memory.score, memory.created_at, memory.collection) == ({}, None, None, "")
     assert memory.updated_at is None
     assert (memory.embedding, memory.expires_at) == (None, None)  # filled by list(include_embeddings=True)
+    assert memory.ranks is None  # filled by retrieve(ranks=True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         memory.text = "changed"  # type: ignore[misc]
 

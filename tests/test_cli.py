@@ -57,6 +57,12 @@ def test_store_search_stats(run) -> None:  # type: ignore[no-untyped-def]
     assert [r["text"] for r in rows] == ["User prefers dark mode"]
     assert rows[0]["id"] == first
 
+    out = run("search", "Lisbon", "--mode", "text", "--json", *common)
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["User lives in Lisbon"]
+    out = run("search", "where does the user live? Lisbon", "--mode", "hybrid", "--json", *common)
+    assert json.loads(out.splitlines()[0])["text"] == "User lives in Lisbon"
+    assert "Invalid value for '--mode'" in run("search", "x", "--mode", "bm25", *common, ok=False)
+
     out = run("stats", "--group-by", "type", *common)
     assert "2 memories" in out
     assert "preference" in out and "fact" in out

@@ -356,6 +356,10 @@ def test_from_texts_and_the_retriever(
     assert store.distance == "l2"
     retriever = store.as_retriever(search_kwargs={"k": 5, "filter": {"c": "red"}})
     run = retriever.invoke if kind == "sync" else lambda q: event_loop_thread.run(retriever.ainvoke(q))
+
+    def run_with(r):  # type: ignore[no-untyped-def]
+        return lambda q: event_loop_thread.run(r.ainvoke(q))
+
     assert sorted(d.page_content for d in run("fruit")) == ["red apple", "red cherry"]
     mmr = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 3})
     assert len(mmr.invoke("fruit")) == 2
@@ -363,6 +367,10 @@ def test_from_texts_and_the_retriever(
         search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.999}
     )
     assert [d.page_content for d in exact.invoke("green pear")] == ["green pear"]
+    for mode in ("text", "hybrid"):  # memorix's own rankings, through search_kwargs
+        words = store.as_retriever(search_kwargs={"k": 3, "mode": mode})
+        found = [d.page_content for d in (words.invoke if kind == "sync" else run_with(words))("cherry")]
+        assert found[0] == "red cherry" and (mode == "hybrid" or found == ["red cherry"])
 
 
 def test_the_async_methods_are_native(database_url: str, event_loop_thread: EventLoopThread) -> None:

@@ -49,7 +49,7 @@ from memorix_pg.errors import FilterError as FilterError
 
 from .indexes import TEXT_INDEX_PREFIX, index_expression
 from .jsonpath import MAX_JSONPATH as MAX_JSONPATH
-from .nodes import And, Cond, Const, ElemMatch, Not, Or, Regex
+from .nodes import And, Cond, Const, ElemMatch, Not, Or, Regex, TextMatch
 from .nodes import Node as Node
 from .nodes import Path as Path
 from .parser import MAX_FILTER_DEPTH as MAX_FILTER_DEPTH
@@ -67,6 +67,7 @@ __all__ = [
     "Not",
     "Or",
     "Regex",
+    "TextMatch",
     "compile_filter",
     "index_expression",
     "normalize_value",

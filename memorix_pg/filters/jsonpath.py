@@ -14,7 +14,7 @@ from typing import Final
 
 from memorix_pg.errors import FilterError
 
-from .nodes import And, Cond, Const, ElemMatch, Node, Not, Or, Path, Regex
+from .nodes import And, Cond, Const, ElemMatch, Node, Not, Or, Path, Regex, TextMatch
 from .values import JSONValue, json_type
 
 MAX_JSONPATH: Final = 500_000  # characters of one jsonpath predicate (see _bounded)
@@ -104,6 +104,8 @@ class JsonPath:
             return _bounded(jsonpath_or([self.node(i, kind) for i in node.items]))
         if isinstance(node, Not):
             return _jp_not(self.node(node.item, kind))
+        if isinstance(node, TextMatch):  # pragma: no cover - the SQL emitter handles it
+            raise FilterError("'$text' and '$contains' cannot be written in jsonpath")
         return _bounded(self.cond(node, kind))
 
     @staticmethod

@@ -50,6 +50,16 @@ class Cond:
 
 
 @dataclass(frozen=True, slots=True)
+class TextMatch:
+    """A test of the memory's text, not its metadata: ``search`` is full text search
+    (``{"$text": {"$search": ...}}``, PostgreSQL's ``websearch_to_tsquery`` syntax), ``contains``
+    a case-sensitive substring (top-level ``{"$contains": ...}``)."""
+
+    kind: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class And:
     items: tuple[Node, ...]
 
@@ -69,4 +79,4 @@ class Const:
     value: bool
 
 
-Node: TypeAlias = Cond | And | Or | Not | Const
+Node: TypeAlias = Cond | TextMatch | And | Or | Not | Const

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from memorix_pg.errors import FilterError
 
-from .nodes import And, Cond, Const, ElemMatch, Node, Not, Or, Path, Regex
+from .nodes import And, Cond, Const, ElemMatch, Node, Not, Or, Path, Regex, TextMatch
 from .values import JSONValue, at_path, check_text, normalize_value
 
 MAX_FILTER_DEPTH: Final = 64  # dicts and lists; metadata nests 32 deep at most
@@ -100,7 +100,30 @@ def _parse_top_op(op: str, value: object, where: str) -> Node:
         if not isinstance(value, Mapping):
             raise FilterError(f"operator '$not' needs a filter dict{at_path(where)}")
         return Not(_parse_doc(value, where))
+    if op == "$text":
+        if not isinstance(value, Mapping) or set(value) != {"$search"}:
+            raise FilterError(f"operator '$text' needs {{'$search': str}}{at_path(where)}")
+        return TextMatch("search", _text_operand("$text.$search", value["$search"], where))
+    if op == "$contains":
+        return TextMatch("contains", _text_operand("$contains", value, where))
     raise FilterError(f"unknown operator '{op}'{at_path(where)}")
+
+
+def _text_operand(op: str, value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise FilterError(f"operator '{op}' needs a non-empty string, got {value!r:.80}{at_path(where)}")
+    check_text(value, op)
+    return value
+
+
+def _has_text_match(node: Node) -> bool:
+    if isinstance(node, TextMatch):
+        return True
+    if isinstance(node, And | Or):
+        return any(_has_text_match(i) for i in node.items)
+    if isinstance(node, Not):
+        return _has_text_match(node.item)
+    return False
 
 
 def _is_operator_doc(value: object, where: str) -> bool:
@@ -239,7 +262,10 @@ def _elem_match(arg: Any, err: Any, where: str) -> ElemMatch:
     )
     if value_form:
         return ElemMatch(_parse_ops((), arg, f"{where}.$elemMatch"), value_form=True)
-    return ElemMatch(_parse_doc(arg, f"{where}.$elemMatch"), value_form=False)
+    node = _parse_doc(arg, f"{where}.$elemMatch")
+    if _has_text_match(node):
+        raise err("cannot hold '$text' or '$contains', which test the memory's text")
+    return ElemMatch(node, value_form=False)
 
 
 _REGEX_FLAGS: Final = frozenset("ims")

@@ -34,9 +34,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from itertools import product
 from typing import Any, Final
 
-from sqlalchemy import Boolean, Numeric, and_, cast, false, func, literal_column, or_, true
+from sqlalchemy import Boolean, Numeric, Text, and_, cast, false, func, literal, literal_column, or_, true
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 from sqlalchemy.sql.elements import ColumnElement
+
+from memorix_pg.errors import FilterError
 
 from .indexes import (
     NUMERIC_NAN,
@@ -57,7 +59,7 @@ from .jsonpath import (
     jsonpath_or,
     jsonpath_string,
 )
-from .nodes import And, Cond, Const, Node, Not, Or, Path, Regex
+from .nodes import And, Cond, Const, Node, Not, Or, Path, Regex, TextMatch
 from .parser import parse
 from .values import JSONValue, is_scalar, json_text, json_type
 
@@ -100,6 +102,8 @@ class _SqlEmitter:
             return self._combine(node.items, conjunction=True)
         if isinstance(node, Or):
             return self._combine(node.items, conjunction=False)
+        if isinstance(node, TextMatch):
+            return self._text(node)
         fast = self._fast(node)
         if fast is not None:
             return fast
@@ -126,6 +130,19 @@ class _SqlEmitter:
         if rest:  # everything without an indexable shape shares one jsonpath scan
             sql.append(self._jsonpath(rest, conjunction))
         return and_(*sql) if conjunction else or_(*sql)
+
+    def _text(self, node: TextMatch) -> ColumnElement[bool]:
+        """``$text``: the row's ``text_search`` against the query parsed with the row's own
+        configuration; ``$contains``: ``strpos`` (no pattern characters to escape)."""
+        table = getattr(self.col, "table", None)
+        if table is None or "text_search" not in table.c:
+            raise FilterError("'$text' and '$contains' apply to memories only")
+        value = literal(node.value, Text())
+        if node.kind == "contains":
+            return func.strpos(table.c.text, value) > 0
+        query = func.websearch_to_tsquery(table.c.ts_config, value)
+        matches: ColumnElement[bool] = table.c.text_search.op("@@", return_type=Boolean())(query)
+        return matches
 
     def _jsonpath(self, nodes: Sequence[Node], conjunction: bool) -> ColumnElement[bool]:
         jp = JsonPath()

@@ -38,7 +38,7 @@ __all__ = ["LangChainEmbedder", "MemorixEmbeddings", "MemorixVectorStore", "rele
 
 PROBE_TEXT = "memorix-pg dimension probe"
 # Keyword arguments of the search methods that go to ``retrieve`` as they are.
-_SEARCH_OPTIONS = ("exact", "ef_search")
+_SEARCH_OPTIONS = ("exact", "ef_search", "mode", "rrf_k", "vector_weight", "text_weight")
 
 Vectors = npt.NDArray[np.float32]
 
@@ -468,12 +468,23 @@ class MemorixVectorStore(VectorStore):
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
+        """As :meth:`similarity_search_with_score_by_vector`; with ``mode="text"`` or
+        ``"hybrid"`` (and ``rrf_k``, ``vector_weight``, ``text_weight``), memorix's full text or
+        hybrid ranking of ``query``, its "distance" ``1 - Memory.score`` (lower is closer)."""
+        if kwargs.get("mode", "vector") != "vector":
+            options = _search_options(kwargs, "similarity_search")
+            found = self._sync_api().retrieve(query, k, filter, **options)
+            return [(_document(m), 1.0 - (m.score or 0.0)) for m in found]
         vector = self._embedding.embed_query(query)
         return self.similarity_search_with_score_by_vector(vector, k, filter, **kwargs)
 
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
+        if kwargs.get("mode", "vector") != "vector":
+            options = _search_options(kwargs, "asimilarity_search")
+            found = await (await self._async_api()).retrieve(query, k, filter, **options)
+            return [(_document(m), 1.0 - (m.score or 0.0)) for m in found]
         vector = await self._embedding.aembed_query(query)
         return await self.asimilarity_search_with_score_by_vector(vector, k, filter, **kwargs)
 
