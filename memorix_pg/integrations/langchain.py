@@ -25,7 +25,6 @@ import numpy.typing as npt
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
-from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from ..aio import AsyncMemoryAPI
 from ..api import MemoryAPI
@@ -177,17 +176,6 @@ def _check_mmr(k: int, fetch_k: int, lambda_mult: float) -> int:
     if isinstance(lambda_mult, bool) or not isinstance(lambda_mult, int | float) or not 0 <= lambda_mult <= 1:
         raise InvalidInput(f"lambda_mult must be a number in [0, 1], got {lambda_mult!r}")
     return max(fetch_k, k)
-
-
-def _mmr(query: Sequence[float], candidates: list[Memory], k: int, lambda_mult: float) -> list[Document]:
-    if not candidates:
-        return []
-    embeddings = []
-    for c in candidates:
-        assert c.embedding is not None  # asked for with include_embeddings=True
-        embeddings.append(c.embedding.tolist())
-    chosen = maximal_marginal_relevance(np.asarray(query, dtype=np.float32), embeddings, lambda_mult, k)
-    return [_document(candidates[i]) for i in chosen]
 
 
 class MemorixVectorStore(VectorStore):
@@ -551,11 +539,13 @@ class MemorixVectorStore(VectorStore):
         filter: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        """``k`` documents chosen by MMR among the ``fetch_k`` nearest (with their stored vectors)."""
+        """``k`` documents chosen by MMR among the ``fetch_k`` nearest: ``retrieve(mmr=True)``."""
         fetch = _check_mmr(k, fetch_k, lambda_mult)
         options = _search_options(kwargs, "max_marginal_relevance_search")
-        found = self._sync_api().retrieve(None, fetch, filter, embedding, include_embeddings=True, **options)
-        return _mmr(embedding, found, k, lambda_mult)
+        found = self._sync_api().retrieve(
+            None, k, filter, embedding, mmr=True, fetch_k=fetch, lambda_mult=lambda_mult, **options
+        )
+        return [_document(m) for m in found]
 
     async def amax_marginal_relevance_search_by_vector(
         self,
@@ -569,8 +559,10 @@ class MemorixVectorStore(VectorStore):
         fetch = _check_mmr(k, fetch_k, lambda_mult)
         options = _search_options(kwargs, "amax_marginal_relevance_search")
         api = await self._async_api()
-        found = await api.retrieve(None, fetch, filter, embedding, include_embeddings=True, **options)
-        return _mmr(embedding, found, k, lambda_mult)
+        found = await api.retrieve(
+            None, k, filter, embedding, mmr=True, fetch_k=fetch, lambda_mult=lambda_mult, **options
+        )
+        return [_document(m) for m in found]
 
     def max_marginal_relevance_search(
         self,
