@@ -135,12 +135,14 @@ ESTIMATES_MAX = 1024
 EF_TRAPPED = 400  # a trapped walk is walked again with at least this ef_search (see traps.py)
 CANDIDATES_MAX = 32  # sampled rows confirmed against the table per walk, at most
 SAMPLES_MAX = 16  # tenants whose samples a collection's planner keeps
-# The walks' recall as estimated from the sample (Planner.observe):
+# The walks' recall as estimated from the sample (Planner.observe), judged by two sequential
+# probability ratio tests (Wald) on the stream of sampled nearest rows, found or missed:
 TRAP_ROWS = 3  # a walk missing this many sampled rows is a trap (recovered, not counted)
-RAISE_AFTER_MISSES = 3  # the ef_search floor doubles after this many misses ...
-MISS_RATE_HIGH = 0.02  # ... when they are more than this share of the nearest rows seen
-LOWER_AFTER_SEEN = 400  # it halves after this many nearest rows seen ...
-MISS_RATE_LOW = 0.005  # ... with fewer than this share missed
+MISS_RATE_GOOD = 0.005  # raise the floor when the misses are nearer 2.5% than 0.5% ...
+MISS_RATE_BAD = 0.025
+MISS_RATE_SPARE = 0.00125  # ... lower it when they are nearer 0.125% than 0.5%
+EVIDENCE = math.log(99)  # each test decides at odds of 99 to 1 (1% wrong either way)
+EF_STEP = 1.5  # the floor's multiplier moves by this factor
 # Planner costs for the transaction. The exact scan's rows are read by random access to pages
 # that are normally cached, and PostgreSQL underprices a GIN scan of a frequent key (a 50% key's
 # 50k entries: ~5 ms, priced like 0.1 ms of btree). With the defaults (4, 0.005) it ANDs such
@@ -238,31 +240,46 @@ class Planner:
     check_traps: bool = True  # the trap check of traps.py (off only to measure it)
     traps_found: int = 0
     ef_scale: float = 1.0  # the ef_search floor's multiplier, raised when walks miss rows (observe)
-    seen: int = 0  # sampled rows among the walks' true nearest, since ef_scale last changed ...
-    missed: int = 0  # ... and of those, the ones the walks did not return
+    raise_evidence: float = 0.0  # log-likelihood ratio of "too many misses" (MISS_RATE_BAD) ...
+    lower_evidence: float = 0.0  # ... and of "misses to spare" (MISS_RATE_SPARE), with ef_scale > 1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, seen: int, missed: int) -> None:
         """An online estimate of the walks' recall, from the sample: each of a query's true nearest
-        rows is in the sample with the same chance whether the walk found it or not, so over many
-        walks ``missed / seen`` estimates the share of nearest rows the walks miss. On data where
-        HNSW at the usual ef_search misses many (e.g. 384 dimensions of Gaussian noise: recall@10
-        0.88 at ef 100 on 100k rows), the floor doubles until the estimate is back under
-        MISS_RATE_HIGH; it halves again after a long run under MISS_RATE_LOW. A trap (many rows
-        missed at once) is recovered by the search itself and does not count here."""
-        if missed >= TRAP_ROWS:
+        rows is in the sample with the same chance whether the walk found it or not, so the rows
+        seen and missed are draws from the walks' miss rate. On data where HNSW at the usual
+        ef_search misses many (e.g. 384 dimensions of Gaussian noise: recall@10 0.88 at ef 100 on
+        100k rows) the floor must rise; where it misses 0.7% (MiniLM at 100k) doubling it would
+        cost ~40% of every search for 0.4% of recall.
+
+        A sample holds 1-2% of a large collection, so a walk sees ~0.15 such rows: the evidence
+        comes slowly, and a rule that re-checks a rate after every walk ratchets up on chance
+        alone (measured: the floor doubled again and again on MiniLM, p50 2.1 -> 5.9 ms). So
+        each direction is a sequential probability ratio test that decides at odds of 99 to 1:
+        raise by EF_STEP when the rate looks like MISS_RATE_BAD rather than MISS_RATE_GOOD (a 10%
+        rate decides in ~35 rows seen, 0.7% raises in ~3% of its ~500-row tests); lower when it
+        looks like MISS_RATE_SPARE rather than MISS_RATE_GOOD. A trap (many rows missed at
+        once) is recovered by the search itself and does not count here."""
+        if missed >= TRAP_ROWS or seen <= 0:
             return
+        found = seen - missed
         with self.lock:
-            self.seen += seen
-            self.missed += missed
-            rate = self.missed / max(self.seen, 1)
-            if self.missed >= RAISE_AFTER_MISSES and rate > MISS_RATE_HIGH:
-                self.ef_scale = min(self.ef_scale * 2, EF_MAX / EF_MIN)
-            elif self.seen >= LOWER_AFTER_SEEN and rate < MISS_RATE_LOW and self.ef_scale > 1:
-                self.ef_scale /= 2
-            elif self.seen < LOWER_AFTER_SEEN:
+            self.raise_evidence += _log_odds(missed, found, MISS_RATE_BAD, MISS_RATE_GOOD)
+            if self.raise_evidence >= EVIDENCE:
+                if self.ef_scale < EF_MAX / EF_MIN:
+                    self.ef_scale = min(self.ef_scale * EF_STEP, EF_MAX / EF_MIN)
+                self.raise_evidence = self.lower_evidence = 0.0
                 return
-            self.seen = self.missed = 0
+            if self.raise_evidence <= -EVIDENCE:
+                self.raise_evidence = 0.0  # misses look rare enough: start a new test
+            if self.ef_scale <= 1:
+                return
+            self.lower_evidence += _log_odds(missed, found, MISS_RATE_SPARE, MISS_RATE_GOOD)
+            if self.lower_evidence >= EVIDENCE:
+                self.ef_scale = max(self.ef_scale / EF_STEP, 1.0)
+                self.raise_evidence = self.lower_evidence = 0.0
+            elif self.lower_evidence <= -EVIDENCE:
+                self.lower_evidence = 0.0
 
     def sample(self, tenant: str | None) -> Sample | None:
         with self.lock:
@@ -306,6 +323,12 @@ class Planner:
             bits = self.window_bits or 0
             if probe.sampled >= 2 * SAMPLE_ROWS or (bits > 0 and probe.sampled < SAMPLE_ROWS // 2):
                 self.window_bits = _bits_for(probe.sampled * 2.0**bits)
+
+
+def _log_odds(missed: int, found: int, rate: float, against: float) -> float:
+    """The log-likelihood ratio that ``missed`` misses among ``missed + found`` rows come from a
+    miss rate of ``rate`` rather than ``against``."""
+    return missed * math.log(rate / against) + found * math.log((1 - rate) / (1 - against))
 
 
 _planners: dict[tuple[str, int], Planner] = {}
