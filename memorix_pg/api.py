@@ -1,6 +1,6 @@
 """``MemoryAPI``: the seed's memory interface, served from PostgreSQL + pgvector.
 
-A thin façade: each method checks its arguments through the core (core.py) and runs one
+A thin façade: each method checks its arguments through the core (core/) and runs one
 operation with the sync runner. ``AsyncMemoryAPI`` (aio.py) is the same with ``await``.
 """
 
