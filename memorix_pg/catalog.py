@@ -59,6 +59,7 @@ _COLUMNS = (
     collections.c.distance,
     collections.c.precision,
     collections.c.text_search_config,
+    collections.c.vector_slot,
 )
 
 

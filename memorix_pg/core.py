@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from . import history as history_events
 from . import hybrid, lifecycle, reads, recall, writes
+from . import reembed as reembedding
 from .cache import CacheInfo
 from .catalog import (
     CollectionSummary,
@@ -1090,6 +1091,27 @@ class Core:
             return rewritten
 
         return self._call(body, operation="rotate_key")
+
+    def reembed(
+        self, embedder: str | Embedder, batch: int, limit: int | None, progress: bool
+    ) -> Call[reembedding.ReembedReport]:
+        """Re-embed the whole collection (every tenant's memories) with ``embedder``: see reembed.py."""
+        reembedding.check_untenanted(self.tenant)
+        _check_int(batch, "batch", 1)
+        if limit is not None:
+            _check_int(limit, "limit", 1)
+        _check_bool(progress, "progress")
+        target = Embedding(resolve_embedder(embedder), self.embedding.info().maxsize)
+
+        def body(scope: Scope) -> Operation[reembedding.ReembedReport]:
+            report = yield from reembedding.reembed(
+                scope.info, self.sealer, target, batch=batch, limit=limit, progress=progress
+            )
+            if report.switched:  # this object now writes and searches with the new embedder
+                self.embedding, self.info = target, None
+            return report
+
+        return self._call(body, operation=reembedding.OPERATION)
 
 
 def _nothing() -> Operation[list[str]]:
