@@ -303,6 +303,7 @@ class Core:
         self.embedded = False
         self.data_dir: Path | None = None
         self.info: CollectionInfo | None = None
+        self.pending: reembedding.Pending | None = None  # a re-embedding filling the collection
         self.dropped = False  # by drop(): every later call raises CollectionNotFound
         self.settings: tuple[Query, ...] = tenant_settings(self.tenant)
         # A schema given here replaces the stored one when the collection opens; without one,
@@ -349,6 +350,7 @@ class Core:
             self.text_search_config,
         )
         yield from repair(info)
+        self.pending = yield from reembedding.pending_run(info)
         stored = yield from read_metadata_schema(info)
         if self.schema_given:
             assert self.schema is not None
@@ -484,6 +486,8 @@ class Core:
             stored = yield from writes.store(
                 scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
             )
+            if self.pending is not None:
+                yield from reembedding.follow(self.pending, stored, clean_texts, new.hashes)
             return stored
 
         return self._call(body)
@@ -518,6 +522,8 @@ class Core:
             row = yield from writes.update(scope, row_id, kept, removed, replacement)
             if row is None:
                 raise MemoryNotFound(f"no memory with id {row_id!r} in collection {self.collection_name!r}")
+            if self.pending is not None and replacement is not None:
+                yield from reembedding.follow(self.pending, [row_id], [new_text or ""], [replacement[2]])
             return self.memory(row)
 
         return self._call(body)
@@ -1108,7 +1114,8 @@ class Core:
                 scope.info, self.sealer, target, batch=batch, limit=limit, progress=progress
             )
             if report.switched:  # this object now writes and searches with the new embedder
-                self.embedding, self.info = target, None
+                self.embedding = target
+            self.info = None  # opened again: the run in progress (if any) is read then
             return report
 
         return self._call(body, operation=reembedding.OPERATION)

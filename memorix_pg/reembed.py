@@ -7,8 +7,9 @@ A collection keeps its vectors in one of two slots (``collections.vector_slot``,
    is one transaction that writes the vectors and the run's progress (``reembed_runs.after_id``),
    so a run killed at any point resumes after its last committed batch. A vector is written only
    if the memory's content hash is still the one that was embedded; a text changed later clears
-   the new vector (trigger ``reembed_stale``), and memories stored during the run have none: a
-   pass from the first id picks both up, until a pass finds nothing.
+   the new vector (trigger ``reembed_stale``). A process that opened the collection during the
+   run computes both vectors of what it writes (:func:`follow`); one that opened it before
+   writes the old vector only. A pass from the first id picks those up, until a pass finds none.
 2. **index**: the new slot's HNSW index, built CONCURRENTLY beside the old one.
 3. **switch**: one transaction, with writes to ``memories`` held off (``LOCK ... IN SHARE
    MODE``) for its length: the memories that still lack a new vector get one, then the
@@ -29,9 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from psycopg import sql
 
 from .crypto import PREFIX, Sealer
+from .embedders import resolve_embedder
 from .embedding import Embedding
 from .errors import ConfigurationError, EmbedderMismatch, PermissionDenied
 from .models import SCHEMA
@@ -44,10 +48,20 @@ from .vector_index import (
     vector_value,
 )
 
-__all__ = ["CLEAR_OPERATION", "OPERATION", "ReembedReport", "check_untenanted", "reembed"]
+__all__ = [
+    "CLEAR_OPERATION",
+    "OPERATION",
+    "Pending",
+    "ReembedReport",
+    "check_untenanted",
+    "follow",
+    "pending_run",
+    "reembed",
+]
 
 OPERATION = "reembed"  # the history's name for a memory given its new vector
 CLEAR_OPERATION = "reembed-clear"  # clearing the old slot: no event (see migration 0009)
+OPERATION_SETTING = "memorix.operation"  # the label the history triggers read (migration 0007)
 REEMBED_LOCK_SPACE = 0x726565  # first key of the advisory lock one run of a collection holds
 
 _MEMORIES = sql.Identifier(SCHEMA, "memories")
@@ -212,6 +226,12 @@ def _write_vectors(
     whose text did not change meanwhile."""
     texts = [sealer.open_text(row_id, text) for row_id, text, _ in rows]
     vectors = yield from offload(target.embed, texts)
+    return (yield from _store_vectors(new, [row[0] for row in rows], vectors, [row[2] for row in rows]))
+
+
+def _store_vectors(
+    new: CollectionInfo, ids: Sequence[str], vectors: npt.NDArray[np.float32], hashes: Sequence[bytes]
+) -> Operation[int]:
     column = sql.Identifier(embedding_column_name(new))
     kind = sql.SQL("halfvec[]" if new.precision == "half" else "vector[]")
     update = sql.SQL(
@@ -220,12 +240,51 @@ def _write_vectors(
         "WHERE m.collection_id = %(cid)s AND m.id = u.id AND m.content_hash = u.hash AND m.{column} IS NULL"
     ).format(table=_MEMORIES, column=column, kind=kind)
     params = {
-        "ids": [row[0] for row in rows],
+        "ids": list(ids),
         "vectors": [vector_value(new, v) for v in vectors],
-        "hashes": [row[2] for row in rows],
+        "hashes": list(hashes),
         "cid": new.id,
     }
     return int((yield from execute(Query(update, params)))[0].rowcount)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A run filling the collection's other slot: this process's writes compute its vectors too."""
+
+    target: CollectionInfo  # the collection as it will be: new embedder, dimension and slot
+    embedding: Embedding
+
+
+def pending_run(info: CollectionInfo) -> Operation[Pending | None]:
+    """The run filling the collection, read when it is opened (so writes cost nothing more when
+    none is). None too when its embedder is not one a name gives (a custom object): the run
+    then embeds what this process writes."""
+    query = sql.SQL(
+        "SELECT embedder, dimension, slot FROM {} WHERE collection_id = %(cid)s AND phase = 'filling'"
+    ).format(_RUNS)
+    row = yield from fetch_one(Query(query, {"cid": info.id}), final=True)
+    if row is None:
+        return None
+    try:
+        embedder = resolve_embedder(str(row[0]))
+    except ConfigurationError:
+        return None
+    if embedder.name != row[0] or embedder.dim != row[1]:
+        return None
+    target = dataclasses.replace(info, embedder=str(row[0]), dimension=int(row[1]), slot=int(row[2]))
+    return Pending(target, Embedding(embedder, 0))
+
+
+def follow(
+    pending: Pending, ids: Sequence[str], texts: Sequence[str], hashes: Sequence[bytes]
+) -> Operation[None]:
+    """Give memories just written (plaintext ``texts``) their vector of the run in progress, in
+    a transaction of their own, recorded as ``reembed`` events."""
+    vectors = yield from offload(pending.embedding.embed, list(texts))
+    yield from execute(set_local(OPERATION_SETTING, OPERATION))
+    yield from _store_vectors(pending.target, ids, vectors, hashes)
+    yield from execute(final=True)
 
 
 def _fill(
@@ -295,7 +354,7 @@ def _clear(new: CollectionInfo, batch: int) -> Operation[None]:
         "{old_half} IS NOT NULL) AND ({new_full} IS NOT NULL OR {new_half} IS NOT NULL) "
         "ORDER BY id LIMIT %(n)s)"
     ).format(table=_MEMORIES, old_full=old_full, old_half=old_half, new_full=new_full, new_half=new_half)
-    label = set_local("memorix.operation", CLEAR_OPERATION)
+    label = set_local(OPERATION_SETTING, CLEAR_OPERATION)
     while (yield from execute(label, Query(clear, {"cid": new.id, "n": batch}), final=True))[1].rowcount:
         pass
     end = sql.SQL("DELETE FROM {} WHERE collection_id = %(cid)s").format(_RUNS)

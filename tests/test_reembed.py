@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -82,10 +84,16 @@ def test_a_collection_switches_to_a_new_embedder_of_another_dimension(make_api, 
     assert make_api("docs", embedder="hash-32").count() == len(TEXTS) + 1
 
 
+def _alt_vector(url: str, row_id: str) -> np.ndarray | None:
+    value = sql_value(url, "SELECT embedding_alt::text FROM memorix.memories WHERE id = %s", (row_id,))
+    return None if value is None else np.array(json.loads(value), dtype=np.float32)
+
+
 def test_reads_and_writes_go_on_during_a_run_and_end_with_both_vectors(make_api, database_url: str) -> None:
     api = make_api("online", embedder="hash-16")
     ids = api.store_batch(TEXTS[:200], [{"i": i} for i in range(200)])
     first = sorted(ids)
+    opened_before = make_api("online", embedder="hash-16")
 
     part = api.reembed("hash-24", batch=32, limit=96)  # stops part way, committed
     assert (part.embedded, part.switched, part.resumed) == (96, False, False)
@@ -93,27 +101,40 @@ def test_reads_and_writes_go_on_during_a_run_and_end_with_both_vectors(make_api,
     assert _vector_columns(database_url, "online") == (200, 0, 96, 0)
     assert _hnsw_indexes(database_url) == ["memories_embedding_hnsw_1"]
 
-    # Meanwhile the collection serves with the old embedder, from another object too.
+    # Meanwhile the collection serves with the old embedder, from other objects too.
     other = make_api("online", embedder="hash-16")
     assert other.retrieve(TEXTS[5], top_k=1)[0].id == ids[5]
     assert other.retrieve(TEXTS[5], top_k=3, exact=True)[0].id == ids[5]
+    # An object opened during the run writes both vectors.
     added = other.store_batch(["written during the run", "also written during the run"])
-    other.update(first[0], text="rewritten during the run: its new vector must follow")  # filled already
+    rewritten = "rewritten during the run: its new vector follows"
+    other.update(first[0], text=rewritten)  # filled already: its new vector is replaced
+    new = HashEmbedder(24)
+    for row_id, text in ((added[0], "written during the run"), (first[0], rewritten)):
+        np.testing.assert_allclose(_alt_vector(database_url, row_id), new.embed([text])[0], rtol=1e-6)
     other.update(first[1], metadata={"touched": True})  # metadata only: its new vector stays
+    # One opened before it writes the old vector only; a text it changes loses its stale new one.
+    late = opened_before.store("written by an object opened before the run")
+    opened_before.update(first[3], text="rewritten by an object opened before the run")
+    assert _alt_vector(database_url, late) is None and _alt_vector(database_url, first[3]) is None
     assert other.delete(first[2])
-    # The rewritten memory lost its (stale) new vector; the others kept theirs.
-    assert _vector_columns(database_url, "online") == (201, 0, 94, 0)
-    assert other.count() == 201
+    assert _vector_columns(database_url, "online") == (202, 0, 96, 0)
+    assert other.count() == 202
     _assert_vectors_are(other, HashEmbedder(16))
 
     rest = api.reembed("hash-24", batch=32)
     assert rest.resumed and rest.switched
-    assert rest.embedded == 201 - 94  # the rest, the new memories and the rewritten one
+    assert rest.embedded == 202 - 96  # the rest, and what the object opened before wrote
     fresh = make_api("online", embedder="hash-24")
-    _assert_vectors_are(fresh, HashEmbedder(24))
+    _assert_vectors_are(fresh, new)
     assert fresh.retrieve("written during the run", top_k=1)[0].id == added[0]
+    assert fresh.retrieve("written by an object opened before the run", top_k=1)[0].id == late
     assert fresh.get(first[1]).metadata == {"i": ids.index(first[1]), "touched": True}
-    assert fresh.count() == 201
+    assert fresh.count() == 202
+    reembed_events = sql_value(
+        database_url, "SELECT count(*) FROM memorix.history WHERE operation = 'reembed'"
+    )
+    assert reembed_events == 96 + 3 + 106  # first part, the writes that followed the run, the rest
 
 
 def test_recall_after_the_switch_equals_a_fresh_collections(make_api, database_url: str) -> None:

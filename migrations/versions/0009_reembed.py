@@ -12,7 +12,8 @@ without a default cost nothing to add (no rewrite).
 
 ``memorix.reembed_runs`` holds one row per collection being re-embedded: the target embedder,
 dimension and slot, the phase (``filling`` until the switch, ``clearing`` after it) and the last
-id filled, so a run killed at any point resumes where it stopped.
+id filled, so a run killed at any point resumes where it stopped. Every role may read it: a
+process that opens the collection during a run computes the new vectors of what it writes too.
 
 Two functions change what writes do, neither on the common path:
 
@@ -163,6 +164,8 @@ def upgrade() -> None:
         "CHECK (num_nonnulls(embedding, embedding_half, embedding_alt, embedding_half_alt) BETWEEN 1 AND 2)"
     )
     op.execute(RUNS)
+    # Every process that writes to a collection reads whether a run is filling it (no secret there).
+    op.execute("GRANT SELECT ON memorix.reembed_runs TO PUBLIC")
     op.execute(STALE)
     op.execute(STALE_TRIGGER)
     op.execute(HISTORY)
