@@ -95,9 +95,11 @@ class MemoryRecord(Base):
             postgresql_where=sql_text("tenant IS NOT NULL"),
         ),
         # Full-precision collections fill ``embedding``, half-precision ones ``embedding_half``.
-        # One slot serves the collection; during a re-embedding the other is filled (0009).
+        # A vector per slot at most, one at least: a re-embedding fills the other slot (0009).
         CheckConstraint(
-            "num_nonnulls(embedding, embedding_half, embedding_alt, embedding_half_alt) BETWEEN 1 AND 2",
+            "num_nonnulls(embedding, embedding_half) <= 1 "
+            "AND num_nonnulls(embedding_alt, embedding_half_alt) <= 1 "
+            "AND num_nonnulls(embedding, embedding_half, embedding_alt, embedding_half_alt) >= 1",
             name="memories_one_embedding_check",
         ),
         Index("memories_expires_at_idx", "expires_at", postgresql_where=sql_text("expires_at IS NOT NULL")),

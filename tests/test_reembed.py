@@ -254,3 +254,44 @@ def test_archive_moves_vectors_between_collections_of_different_slots(make_api, 
     _assert_vectors_are(vault, HashEmbedder(16))
     assert vault.retrieve(TEXTS[2], top_k=1)[0].id == ids[2]
     assert _vector_columns(database_url, "vault") == (5, 0, 0, 0)
+
+
+def test_a_half_precision_collection_is_reembedded_in_half_precision(make_api, database_url: str) -> None:
+    api = make_api("halves", embedder="hash-16", precision="half")
+    ids = api.store_batch(TEXTS[:40])
+    assert api.reembed("hash-40", batch=16).switched
+    assert _vector_columns(database_url, "halves") == (0, 0, 0, 40)
+    assert _hnsw_indexes(database_url) == ["memories_embedding_alt_hnsw_1"]
+    memories = api.list(limit=100, include_embeddings=True)
+    expected = HashEmbedder(40).embed([m.text for m in memories])
+    np.testing.assert_allclose(np.stack([m.embedding for m in memories]), expected, atol=2e-3)
+    assert api.retrieve(TEXTS[9], top_k=1)[0].id == ids[9]
+    # Re-embedding again moves it back to the first slot.
+    assert make_api("halves", embedder="hash-40").reembed("hash-16").switched
+    assert _vector_columns(database_url, "halves") == (0, 40, 0, 0)
+    assert _hnsw_indexes(database_url) == ["memories_embedding_hnsw_1"]
+
+
+def test_the_command_resumes_and_switches(database_url: str) -> None:
+    from click.testing import CliRunner
+
+    from memorix_pg import MemoryAPI
+    from memorix_pg.cli import main
+
+    api = MemoryAPI(embedder="hash-16", collection_name="notes", database_url=database_url)
+    api.store_batch(TEXTS[:30])
+    assert not api.reembed("hash-32", batch=8, limit=8).switched
+    env = {"MEMORIX_DATABASE_URL": database_url}
+    result = CliRunner().invoke(
+        main, ["reembed", "--collection", "notes", "--embedder", "hash-32", "--batch", "5"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "re-embedded 'notes' with 'hash-32' (32 dims): 22 memories embedded (resumed)" in result.output
+    assert {c.name: c.dimensions for c in list_collections(database_url)} == {"notes": 32}
+    for args, message in (
+        (["--collection", "missing", "--embedder", "hash"], "no collection 'missing'"),
+        (["--collection", "notes", "--embedder", "nope"], "ConfigurationError: unknown embedder 'nope'"),
+    ):
+        result = CliRunner().invoke(main, ["reembed", *args], env=env)
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output

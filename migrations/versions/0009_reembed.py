@@ -161,7 +161,9 @@ def upgrade() -> None:
     # One slot serves the collection; the other is filled during a re-embedding.
     op.execute(
         "ALTER TABLE memorix.memories ADD CONSTRAINT memories_one_embedding_check "
-        "CHECK (num_nonnulls(embedding, embedding_half, embedding_alt, embedding_half_alt) BETWEEN 1 AND 2)"
+        "CHECK (num_nonnulls(embedding, embedding_half) <= 1 "
+        "AND num_nonnulls(embedding_alt, embedding_half_alt) <= 1 "
+        "AND num_nonnulls(embedding, embedding_half, embedding_alt, embedding_half_alt) >= 1)"
     )
     op.execute(RUNS)
     # Every process that writes to a collection reads whether a run is filling it (no secret there).
