@@ -295,3 +295,20 @@ def test_the_command_resumes_and_switches(database_url: str) -> None:
         result = CliRunner().invoke(main, ["reembed", *args], env=env)
         assert result.exit_code != 0 and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_an_empty_collection_and_one_dropped_mid_run(make_api, database_url: str) -> None:
+    empty = make_api("empty", embedder="hash-16")
+    report = empty.reembed("hash-32")
+    assert (report.embedded, report.switched) == (0, True)
+    assert empty.store("first memory, after the switch") and len(empty.retrieve("first memory")) == 1
+    assert _vector_columns(database_url, "empty") == (0, 0, 1, 0)
+
+    doomed = make_api("doomed", embedder="hash-16")
+    doomed.store_batch(TEXTS[:20])
+    assert not doomed.reembed("hash-32", batch=5, limit=5).switched
+    assert doomed.drop()
+    assert sql_value(database_url, "SELECT count(*) FROM memorix.reembed_runs") == 0
+    again = make_api("doomed", embedder="hash-16")
+    again.store_batch(TEXTS[:3])
+    assert again.reembed("hash-24").embedded == 3
