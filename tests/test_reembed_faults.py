@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memorix_pg import DatabaseUnavailable, HashEmbedder, MemoryAPI
+from memorix_pg import DatabaseUnavailable, EmbedderMismatch, HashEmbedder, MemoryAPI
 from tests.support.fault_lab import FAST_CRASH_RECOVERY, Activity, OpThread, kill_embedded_server
 from tests.support.helpers import private_data_dir, sql_exec, sql_value, wait_for
 
@@ -28,7 +28,11 @@ def _filled(url: str) -> int:
     return int(sql_value(url, "SELECT coalesce(max(filled), 0) FROM memorix.reembed_runs") or 0)
 
 
-@pytest.mark.parametrize("phase", ["filling", "index build"])
+def _phase(url: str) -> str | None:
+    return sql_value(url, "SELECT phase FROM memorix.reembed_runs")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("phase", ["filling", "index build", "clearing"])
 def test_a_run_killed_mid_way_resumes_and_completes(data_dir: Path, phase: str) -> None:
     api = MemoryAPI(embedder=HashEmbedder(8), collection_name="crash")
     url = api.database_url
@@ -38,29 +42,31 @@ def test_a_run_killed_mid_way_resumes_and_completes(data_dir: Path, phase: str) 
     watch = Activity(url)
     op = OpThread(lambda: api.reembed(HashEmbedder(16), batch=25))
     op.start()
+    reached = {
+        "filling": lambda: _filled(url) >= N // 4,
+        "index build": lambda: watch.running("CREATE INDEX CONCURRENTLY") is not None,
+        "clearing": lambda: _phase(url) == "clearing",
+    }[phase]
     try:
-        if phase == "filling":
-            reached = wait_for(
-                lambda: not op.is_alive() or _filled(url) >= N // 4, timeout=60, interval=0.003
-            )
-        else:
-            reached = wait_for(
-                lambda: not op.is_alive() or watch.running("CREATE INDEX CONCURRENTLY") is not None,
-                timeout=60,
-                interval=0.003,
-            )
-        assert reached and op.is_alive(), f"the run ended before the kill ({phase})"
+        assert wait_for(lambda: not op.is_alive() or reached(), timeout=60, interval=0.003)
+        assert op.is_alive(), f"the run ended before the kill ({phase})"
         kill_embedded_server(data_dir, first=watch.backends)
     finally:
         watch.close()
     op.join(60)
     assert isinstance(op.error, DatabaseUnavailable), repr(op.error)
 
-    # A new process (a new MemoryAPI) with the old embedder starts the server and resumes.
-    resumed_api = MemoryAPI(embedder=HashEmbedder(8), collection_name="crash")
+    # A new process (a new MemoryAPI) starts the server and resumes: with the old embedder
+    # before the switch, with the new one after it.
+    if phase == "clearing":
+        with pytest.raises(EmbedderMismatch):
+            MemoryAPI(embedder=HashEmbedder(8), collection_name="crash")
+        resumed_api = MemoryAPI(embedder=HashEmbedder(16), collection_name="crash")
+    else:
+        resumed_api = MemoryAPI(embedder=HashEmbedder(8), collection_name="crash")
+        assert sql_value(url, "SELECT embedder FROM memorix.collections") == "hash-8"  # not switched
     committed = _filled(url)
     assert (0 < committed < N) if phase == "filling" else committed == N
-    assert sql_value(url, "SELECT embedder FROM memorix.collections") == "hash-8"  # not switched
     report = resumed_api.reembed(HashEmbedder(16), batch=25)
     assert report.resumed and report.switched
     assert report.embedded == N - committed  # nothing embedded twice, nothing skipped
@@ -78,6 +84,7 @@ def test_a_run_killed_mid_way_resumes_and_completes(data_dir: Path, phase: str) 
         == N
     )
     assert sql_value(url, "SELECT count(*) FROM memorix.reembed_runs") == 0
+    assert sql_value(url, "SELECT count(*) FROM memorix.memories WHERE embedding IS NOT NULL") == 0
     assert (
         sql_value(
             url,
