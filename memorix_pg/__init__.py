@@ -22,6 +22,7 @@ from .errors import (
 from .history import HistoryEvent
 from .memory import Memory
 from .recall import QueryRecall, RecallReport
+from .reembed import ReembedReport
 from .schemas import SchemaProblem
 from .search import SearchPlan
 
@@ -49,6 +50,7 @@ __all__ = [
     "PgvectorMissing",
     "QueryRecall",
     "RecallReport",
+    "ReembedReport",
     "SchemaProblem",
     "SchemaViolation",
     "SearchPlan",

@@ -28,6 +28,7 @@ from .hybrid import Fusion
 from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summarizer
 from .memory import Memory
 from .recall import RecallReport
+from .reembed import ReembedReport
 from .rerank import Reranker
 from .runner import AsyncRunner
 from .schemas import SchemaProblem
@@ -548,6 +549,26 @@ class AsyncMemoryAPI:
         key (default: those encrypted now).
         """
         return await self._run(self._core.rotate_key(new_key, batch, encrypted_metadata))
+
+    async def reembed(
+        self,
+        embedder: str | Embedder,
+        batch: int = 256,
+        *,
+        limit: int | None = None,
+        progress: bool = False,
+    ) -> ReembedReport:
+        """Re-embed the collection with another embedder, online, and switch to it atomically.
+
+        Reads and writes go on meanwhile with the current embedder. The new vectors fill a second
+        slot ``batch`` memories per transaction; the new HNSW index is built beside the old one;
+        then one transaction switches the collection (the dimension may change) and the old
+        vectors and index go. A run that was interrupted, or stopped after ``limit`` memories, is
+        resumed by calling again with the same embedder. Every tenant's memories are re-embedded:
+        call it without ``tenant``, as the schema's owner; an encrypted collection needs its key.
+        Afterwards this object uses the new embedder (others must be made anew).
+        """
+        return await self._run(self._core.reembed(embedder, batch, limit, progress))
 
     async def create_index(self, key: str, type: str = "text") -> str:
         """Create the btree expression index that range filters on metadata ``key`` use.

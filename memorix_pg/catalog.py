@@ -8,6 +8,7 @@ collection therefore never breaks another one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ _COLUMNS = (
     collections.c.distance,
     collections.c.precision,
     collections.c.text_search_config,
+    collections.c.vector_slot,
 )
 
 
@@ -124,7 +126,9 @@ def drop_collection(info: CollectionInfo, tenant: str | None) -> Operation[bool]
                 f"collection {info.name!r} holds memories of other tenants (or without a tenant); a "
                 f"MemoryAPI with tenant {tenant!r} may not drop it"
             )
+    other_slot = dataclasses.replace(info, slot=1 - info.slot)  # a re-embedding's, if one was under way
     yield Admin((Query(drop_index_sql(info, concurrently=True)),))
+    yield Admin((Query(drop_index_sql(other_slot, concurrently=True)),))  # one statement per round trip
     return bool(deleted)
 
 

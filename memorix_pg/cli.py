@@ -622,6 +622,56 @@ def rotate_key(
 
 
 @main.command()
+@click.option("--embedder", "new_embedder", required=True, help="The embedder to re-embed with, e.g. 'hash'.")
+@click.option(
+    "--batch", type=click.IntRange(1), default=256, show_default=True, help="Memories per transaction."
+)
+@click.option(
+    "--encryption-key",
+    envvar="MEMORIX_ENCRYPTION_KEY",
+    default=None,
+    help="The collection's key, if its texts are encrypted (default: $MEMORIX_ENCRYPTION_KEY).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@database_option
+@collection_option
+@_clean_errors
+def reembed(
+    new_embedder: str,
+    batch: int,
+    encryption_key: str | None,
+    no_progress: bool,
+    database_url: str | None,
+    collection: str,
+) -> None:
+    """Re-embed a collection with another embedder, online; resumes an interrupted run.
+
+    Reads and writes go on meanwhile; the collection switches to the new embedder (and
+    dimension) in one transaction at the end.
+
+    \b
+    Example:
+      memorix-pg reembed --collection notes --embedder sentence-transformers/all-mpnet-base-v2
+    """
+    from .api import MemoryAPI, list_collections
+
+    current = {c.name: c.embedder for c in list_collections(database_url)}
+    if collection not in current:
+        raise click.ClickException(f"CollectionNotFound: no collection {collection!r} in this database")
+    api = MemoryAPI(
+        embedder=current[collection],
+        collection_name=collection,
+        database_url=database_url,
+        encryption_key=encryption_key,
+    )
+    report = api.reembed(new_embedder, batch, progress=not no_progress)
+    click.echo(
+        f"re-embedded {collection!r} with {report.embedder!r} ({report.dimensions} dims): "
+        f"{report.embedded} memories embedded{' (resumed)' if report.resumed else ''}"
+    )
+
+
+@main.command()
 @click.option(
     "--transport",
     type=click.Choice(["stdio", "http"]),

@@ -30,6 +30,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -73,6 +74,9 @@ class Collection(Base):
     )
     # The JSON Schema every memory's metadata must satisfy (migration 0006); NULL: none.
     metadata_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    # Which columns hold its vectors: 0 ``embedding``/``embedding_half``, 1 their ``_alt`` twins.
+    # A re-embedding fills the other slot and switches this (migration 0009).
+    vector_slot: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="0")
 
 
 class MemoryRecord(Base):
@@ -91,7 +95,13 @@ class MemoryRecord(Base):
             postgresql_where=sql_text("tenant IS NOT NULL"),
         ),
         # Full-precision collections fill ``embedding``, half-precision ones ``embedding_half``.
-        CheckConstraint("num_nonnulls(embedding, embedding_half) = 1", name="memories_one_embedding_check"),
+        # A vector per slot at most, one at least: a re-embedding fills the other slot (0009).
+        CheckConstraint(
+            "num_nonnulls(embedding, embedding_half) <= 1 "
+            "AND num_nonnulls(embedding_alt, embedding_half_alt) <= 1 "
+            "AND num_nonnulls(embedding, embedding_half, embedding_alt, embedding_half_alt) >= 1",
+            name="memories_one_embedding_check",
+        ),
         Index("memories_expires_at_idx", "expires_at", postgresql_where=sql_text("expires_at IS NOT NULL")),
         Index(
             "memories_metadata_gin_idx",
@@ -110,6 +120,9 @@ class MemoryRecord(Base):
     text: Mapped[str] = mapped_column(Text, nullable=False)
     embedding: Mapped[Any] = mapped_column(Vector(), nullable=True)
     embedding_half: Mapped[Any] = mapped_column(HALFVEC(), nullable=True)
+    # Slot 1 of the vectors (migration 0009): see ``Collection.vector_slot``.
+    embedding_alt: Mapped[Any] = mapped_column(Vector(), nullable=True)
+    embedding_half_alt: Mapped[Any] = mapped_column(HALFVEC(), nullable=True)
     # ``metadata`` is reserved on declarative classes, so the attribute is ``metadata_``.
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=sql_text("'{}'::jsonb")
@@ -163,7 +176,27 @@ class HistoryEvent(Base):
     forgotten: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=sql_text("false"))
 
 
+class ReembedRun(Base):
+    """A re-embedding in progress (migration 0009): its target, phase and the last id filled."""
+
+    __tablename__ = "reembed_runs"
+
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    embedder: Mapped[str] = mapped_column(Text, nullable=False)
+    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
+    slot: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    phase: Mapped[str] = mapped_column(Text, nullable=False, server_default="filling")
+    after_id: Mapped[str] = mapped_column(Text(collation="C"), nullable=False, server_default="")
+    filled: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
 memories: Table = MemoryRecord.__table__  # type: ignore[assignment]
 collections: Table = Collection.__table__  # type: ignore[assignment]
 history: Table = HistoryEvent.__table__  # type: ignore[assignment]
+reembed_runs: Table = ReembedRun.__table__  # type: ignore[assignment]
 metadata_column = memories.c.metadata

@@ -103,6 +103,7 @@ class CollectionInfo:
     distance: str
     precision: str
     text_search_config: str = "simple"  # the configuration of its memories' ``text_search``
+    slot: int = 0  # which pair of vector columns holds its vectors (a re-embedding switches it)
 
     @property
     def index_type(self) -> str:
@@ -111,8 +112,10 @@ class CollectionInfo:
 
 
 def embedding_column_name(info: CollectionInfo) -> str:
-    """The column the collection's vectors live in: ``embedding_half`` for half precision."""
-    return "embedding_half" if info.precision == "half" else "embedding"
+    """The column the collection's vectors live in: ``embedding_half`` for half precision, and
+    the ``_alt`` twin of either once a re-embedding moved the collection to slot 1."""
+    column = "embedding_half" if info.precision == "half" else "embedding"
+    return f"{column}_alt" if info.slot else column
 
 
 def stored_embedding(info: CollectionInfo, table: sa.FromClause = memories) -> ColumnElement[Any]:
@@ -137,7 +140,8 @@ def read_vector(value: Any) -> npt.NDArray[np.float32]:
 
 
 def index_name(info: CollectionInfo) -> str:
-    return f"memories_embedding_hnsw_{info.id}"
+    """Per collection and slot: a re-embedding builds the new slot's index beside the old one."""
+    return f"memories_embedding_alt_hnsw_{info.id}" if info.slot else f"memories_embedding_hnsw_{info.id}"
 
 
 def _vector_type(info: CollectionInfo) -> Any:

@@ -30,7 +30,11 @@ def _url() -> str:
 
 def _include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     # Per-collection HNSW indexes are created at run time, not by migrations.
-    return not (type_ == "index" and name is not None and name.startswith("memories_embedding_hnsw_"))
+    return not (
+        type_ == "index"
+        and name is not None
+        and name.startswith(("memories_embedding_hnsw_", "memories_embedding_alt_hnsw_"))
+    )
 
 
 def _configure(connection: Connection) -> None:

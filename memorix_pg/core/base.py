@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import reads
+from .. import reembed as reembedding
 from ..cache import CacheInfo
 from ..catalog import drop_collection, open_collection, read_metadata_schema, write_metadata_schema
 from ..crypto import Sealer, TextCipher
@@ -91,6 +92,7 @@ class CoreBase:
         self.embedded = False
         self.data_dir: Path | None = None
         self.info: CollectionInfo | None = None
+        self.pending: reembedding.Pending | None = None  # a re-embedding filling the collection
         self.dropped = False  # by drop(): every later call raises CollectionNotFound
         self.settings: tuple[Query, ...] = tenant_settings(self.tenant)
         # A schema given here replaces the stored one when the collection opens; without one,
@@ -137,6 +139,7 @@ class CoreBase:
             self.text_search_config,
         )
         yield from repair(info)
+        self.pending = yield from reembedding.pending_run(info)
         stored = yield from read_metadata_schema(info)
         if self.schema_given:
             assert self.schema is not None

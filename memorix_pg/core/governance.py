@@ -1,4 +1,4 @@
-"""Governance: forgetting a subject, the history of changes, and metadata schemas."""
+"""Governance: forgetting a subject, the history of changes, metadata schemas, re-embedding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from uuid import UUID
 
 from .. import history as history_events
 from .. import lifecycle, reads
+from .. import reembed as reembedding
 from ..catalog import write_metadata_schema
+from ..embedders import Embedder, resolve_embedder
+from ..embedding import Embedding
 from ..errors import InvalidInput
 from ..filters import compile_filter
 from ..models import history
@@ -110,3 +113,25 @@ class Governance(CoreBase):
             return problems
 
         return self.scoped(body, idempotent=True)
+
+    def reembed(
+        self, embedder: str | Embedder, batch: int, limit: int | None, progress: bool
+    ) -> Call[reembedding.ReembedReport]:
+        """Re-embed the whole collection (every tenant's memories) with ``embedder``: see reembed.py."""
+        reembedding.check_untenanted(self.tenant)
+        check_int(batch, "batch", 1)
+        if limit is not None:
+            check_int(limit, "limit", 1)
+        check_bool(progress, "progress")
+        target = Embedding(resolve_embedder(embedder), self.embedding.info().maxsize)
+
+        def body(scope: Scope) -> Operation[reembedding.ReembedReport]:
+            report = yield from reembedding.reembed(
+                scope.info, self.sealer, target, batch=batch, limit=limit, progress=progress
+            )
+            if report.switched:  # this object now writes and searches with the new embedder
+                self.embedding = target
+            self.info = None  # opened again: the run in progress (if any) is read then
+            return report
+
+        return self.scoped(body, operation=reembedding.OPERATION)

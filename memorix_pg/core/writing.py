@@ -11,6 +11,7 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
+from .. import reembed as reembedding
 from .. import writes
 from ..crypto import Sealer, TextCipher
 from ..errors import FilterError, InvalidInput, MemoryNotFound
@@ -92,6 +93,8 @@ class Writing(CoreBase):
             stored = yield from writes.store(
                 scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
             )
+            if self.pending is not None:
+                yield from reembedding.follow(self.pending, stored, clean_texts, new.hashes)
             return stored
 
         return self.scoped(body)
@@ -126,6 +129,8 @@ class Writing(CoreBase):
             row = yield from writes.update(scope, row_id, kept, removed, replacement)
             if row is None:
                 raise MemoryNotFound(f"no memory with id {row_id!r} in collection {self.collection_name!r}")
+            if self.pending is not None and replacement is not None:
+                yield from reembedding.follow(self.pending, [row_id], [new_text or ""], [replacement[2]])
             return self.memory(row)
 
         return self.scoped(body)

@@ -7,6 +7,9 @@ is never touched, and the archive fails instead.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import sqlalchemy as sa
 from psycopg import errors as pg_errors
 
@@ -17,13 +20,25 @@ from ..scope import Scope
 from ..search import Planner
 from ..statements import Filter, cached, compile_where
 from ..steps import Operation, execute
-from ..vector_index import CollectionInfo, deferred
+from ..vector_index import CollectionInfo, deferred, embedding_column_name
 
 __all__ = ["archive"]
 
 # Moving many rows into a small target: rebuilding its index once beats inserting each row
 # into it (measured: 4.3 s vs 0.2 s + 1.2 s for 6k rows).
 DEFER_INDEX_MIN_ROWS = 5_000
+
+
+def _slot_values(source: CollectionInfo, target: CollectionInfo) -> dict[str, Any]:
+    """The vectors land in the target's slot (see migration 0009); the other slot, which may hold
+    a re-embedding's unfinished work for the source, is emptied."""
+    values: dict[str, Any] = {}
+    for precision in ("full", "half"):
+        into = embedding_column_name(dataclasses.replace(target, precision=precision))
+        other = embedding_column_name(dataclasses.replace(target, precision=precision, slot=1 - target.slot))
+        values[into] = memories.c[embedding_column_name(dataclasses.replace(source, precision=precision))]
+        values[other] = sa.null()
+    return values
 
 
 def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
@@ -40,7 +55,7 @@ def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
         params,
     )
     move = cached(
-        ("archive", scope.key),
+        ("archive", scope.key, target.slot),
         lambda _: (
             sa.update(memories)
             .where(scope.live(f))
@@ -48,6 +63,7 @@ def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
                 collection_id=sa.bindparam("target"),
                 metadata=memories.c.metadata.op("||")(stamp),
                 updated_at=sa.func.now(),
+                **_slot_values(scope.info, target),
             )
         ),
         f,
