@@ -378,8 +378,11 @@ class Core:
         assert self.info is not None
         return planner_for(self.url, self.info.id)
 
-    def _call(self, body: Any, idempotent: bool = False, operation: str | None = None) -> Call[Any]:
-        """``body(scope)`` after the collection is open; ``operation`` names its writes in the history."""
+    def _call(
+        self, body: Any, idempotent: bool = False, operation: str | None = None, read: bool = False
+    ) -> Call[Any]:
+        """``body(scope)`` after the collection is open; ``operation`` names its writes in the history;
+        ``read``: it only reads, so it may run on a standby."""
 
         def make() -> Operation[Any]:
             yield from self.opened()
@@ -391,7 +394,7 @@ class Core:
                 self.info = None
                 raise
 
-        return Call(make, idempotent=idempotent, settings=_labelled(operation))
+        return Call(make, idempotent=idempotent, settings=_labelled(operation), read=read)
 
     def _where(self, filter: Mapping[str, Any] | None) -> Filter:
         compiled = compile_where(filter)  # first: it bounds the filter's depth for check_filter
@@ -545,7 +548,7 @@ class Core:
             rows = yield from reads.get(scope, row_id, vectors)
             return self._read(rows[0], vectors) if rows else None
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def get_many(self, ids: Sequence[str | UUID], include_embeddings: bool = False) -> Call[list[Memory]]:
         """The memories that exist among ``ids``, in their order (an id given twice comes back
@@ -562,7 +565,7 @@ class Core:
             found = {row[0]: self._read(row, vectors) for row in rows}
             return [found[i] for i in row_ids if i in found]
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def _read(self, row: Sequence[Any], vectors: bool) -> Memory:
         """A row of ``reads.get`` / ``get_many`` / ``newest``: its vector after the memory columns."""
@@ -596,11 +599,11 @@ class Core:
                 )
             return [self.memory(r, embedding=r[5], expires_at=r[6]) for r in rows]
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def count(self, filter: Mapping[str, Any] | None) -> Call[int]:
         f = self._where(filter)
-        return self._call(lambda scope: reads.count(scope, f), idempotent=True)
+        return self._call(lambda scope: reads.count(scope, f), idempotent=True, read=True)
 
     def retrieve(
         self,
@@ -700,7 +703,7 @@ class Core:
             found = found[:top_k]
             return _at_least((found, plan), floor) if floor is not None else (found, plan)
 
-        return Call(after, idempotent=call.idempotent)
+        return Call(after, idempotent=call.idempotent, read=call.read)
 
     def _retrieve(
         self,
@@ -751,7 +754,7 @@ class Core:
                 for i, r in enumerate(rows)
             ], plan
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def _scored(
         self,
@@ -840,7 +843,7 @@ class Core:
                 )
             return memories, plan
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def check_recall(
         self, queries: int, top_k: int, filter: Mapping[str, Any] | None, target: float
@@ -853,6 +856,7 @@ class Core:
         return self._call(
             lambda scope: recall.check_recall(scope, self.planner, f, queries, top_k, float(target)),
             idempotent=True,
+            read=True,
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -865,7 +869,7 @@ class Core:
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = _positive_timedelta(older_than, "older_than")
         f = self._where(filter)
-        return self._call(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True)
+        return self._call(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True, read=True)
 
     def set_ttl(self, ids: Sequence[str], ttl: timedelta | None) -> Call[int]:
         if isinstance(ids, str) or not isinstance(ids, Sequence):
@@ -956,7 +960,7 @@ class Core:
                 for a, b, s, ta, tb in rows
             ]
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def stats(self, group_by: str | None, filter: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
         f = self._where(filter)
@@ -965,14 +969,14 @@ class Core:
             def total(scope: Scope) -> Operation[dict[str, Any]]:
                 return {"total": (yield from reads.count(scope, f)), "groups": {}}
 
-            return self._call(total, idempotent=True)
+            return self._call(total, idempotent=True, read=True)
         self.sealer.check_group_key(group_by)
 
         def grouped(scope: Scope) -> Operation[dict[str, Any]]:
             groups = yield from lifecycle.group_counts(scope, group_by, f)
             return {"total": sum(groups.values()), "groups": groups}
 
-        return self._call(grouped, idempotent=True)
+        return self._call(grouped, idempotent=True, read=True)
 
     def create_index(self, key: str, type: str) -> Call[str]:
         index_expression(key, type)  # validates the key and the type before anything runs
@@ -1025,7 +1029,7 @@ class Core:
                 rows = yield from history_events.events(scope, where, after, limit)
             return [self._event(r) for r in rows]
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def _event(self, row: Sequence[Any]) -> history_events.HistoryEvent:
         event = history_events.HistoryEvent(*row)
@@ -1052,7 +1056,7 @@ class Core:
             return dict(self.schema.document) if self.schema is not None else None
             yield  # pragma: no cover - makes this a generator
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def validate_existing(self) -> Call[list[SchemaProblem]]:
         def body(scope: Scope) -> Operation[list[SchemaProblem]]:
@@ -1064,7 +1068,7 @@ class Core:
                 problems += self.schema.problems(row_id, self.sealer.open_metadata(row_id, dict(metadata)))
             return problems
 
-        return self._call(body, idempotent=True)
+        return self._call(body, idempotent=True, read=True)
 
     def drop(self) -> Call[bool]:
         """Drop the collection, its memories and its HNSW index (the ``create_index`` expression
