@@ -211,39 +211,39 @@ class ReadReplicas:
 
 
 def _checked(call: Call[T], lsn: int) -> Call[T]:
-    """``call`` with the replay check in the pipeline of its first batch: raises _Behind
-    (discarding what was read) when the standby has not replayed ``lsn``."""
+    """``call`` with the replay check in the pipeline of its first batch: raises _Behind when
+    the standby has not replayed ``lsn``. The operation still runs to its end (its result
+    discarded): abandoned mid-way, the core would take its collection for broken and open it
+    again."""
     make = call.make
 
     def checked() -> Operation[T]:
         op = make()
         value: Any = None
         error: BaseException | None = None
-        first = True
+        checking, behind, unsure = True, False, False
         while True:
             try:
                 step = op.send(value) if error is None else op.throw(error)
             except StopIteration as stop:
+                if behind:
+                    raise _Behind from None
                 return stop.value  # type: ignore[no-any-return]
+            except Exception:
+                if behind or unsure:  # perhaps because of what the standby lacks
+                    raise _Behind(wait=behind) from None
+                raise
             value, error = None, None
             try:
-                if first and isinstance(step, Batch):
-                    first = False
-                    try:
-                        results = yield Batch(
-                            (Query(_CAUGHT_UP, (lsn,)), *step.queries), step.final, step.settings
-                        )
-                    except Exception:
-                        op.close()
-                        raise _Behind(wait=False) from None
-                    if not results[0].rows[0][0]:
-                        op.close()
-                        raise _Behind
+                if checking and isinstance(step, Batch):
+                    checking = False
+                    check = Query(_CAUGHT_UP, (lsn,))
+                    unsure = True  # until the check's answer comes back
+                    results = yield Batch((check, *step.queries), step.final, step.settings)
+                    unsure, behind = False, not results[0].rows[0][0]
                     value = results[1:]
                 else:
                     value = yield step
-            except _Behind:
-                raise
             except Exception as exc:  # the runner's error for the step, handed to the operation
                 error = exc
 

@@ -145,8 +145,10 @@ def test_read_your_writes_waits_for_the_standby_to_replay(pair: ReplicaPair, url
         written = memory.store("while replay is paused")
         assert other.get(written) is None  # the standby has not got it
         started = time.perf_counter()
-        assert memory.get(written).text == "while replay is paused"  # from the primary
+        with CapturedSQL(primary) as on_primary:
+            assert memory.get(written).text == "while replay is paused"  # from the primary
         assert TIMEOUT <= time.perf_counter() - started < TIMEOUT + 2
+        assert not on_primary.containing("collections")  # the collection was not opened again
     with CapturedSQL(standby) as on_standby:
         assert memory.get(written) is not None
         assert memory.count() == 21
