@@ -191,51 +191,81 @@ def replica_pair() -> Iterator[ReplicaPair]:
         pair.close()
 
 
-def _measure() -> None:
-    """The numbers of docs/scaling.md: start-up, replay lag of one write, read latency."""
+def _p50_ms(times: list[float]) -> str:
+    p99 = statistics.quantiles(times, n=100)[98]
+    return f"p50 {statistics.median(times) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
+def _timed(functions: dict[str, Any], runs: int) -> dict[str, list[float]]:
+    """Each function called ``runs`` times, taking turns in alternating order (so that load on
+    the machine, and going first, fall on all alike)."""
+    times: dict[str, list[float]] = {label: [] for label in functions}
+    for i in range(runs):
+        turn = list(functions.items())
+        for label, function in turn[::-1] if i % 2 else turn:
+            started = time.perf_counter()
+            function(i)
+            times[label].append(time.perf_counter() - started)
+    return times
+
+
+def _measure(runs: int = 300) -> None:
+    """The numbers of docs/scaling.md: start-up, replay lag of one write, read latencies."""
     from memorix_pg import MemoryAPI
+    from memorix_pg.runner import watch_statements
 
     with replica_pair() as pair:
-        print(f"primary + hot standby up in {pair.seconds_to_start:.2f} s")
+        took = pair.seconds_to_start
+        print(f"primary + hot standby up (initdb, start, pg_basebackup -R, start): {took:.2f} s")
         name = pair.create_database()
-        memory = MemoryAPI(
-            embedder="hash",
-            database_url=pair.primary.url(name),
-            read_url=pair.standby.url(name),
-        )
-        memory.store_batch([f"fact number {i}" for i in range(2000)])
+        primary, standby = pair.primary.url(name), pair.standby.url(name)
+        memory = MemoryAPI(embedder="hash", database_url=primary, read_url=standby)
+        only_primary = MemoryAPI(embedder="hash", database_url=primary)
+        waiting = MemoryAPI(embedder="hash", database_url=primary, read_url=standby, read_your_writes=True)
+        memory.store_batch([f"fact number {i}" for i in range(10_000)])
         pair.wait_for_replay()
+
         lags = []
-        for i in range(200):
-            memory.store(f"new fact {i}")
-            lags.append(pair.wait_for_replay())
-        print(
-            f"replay lag of one store: p50 {statistics.median(lags) * 1000:.2f} ms, "
-            f"max {max(lags) * 1000:.2f} ms ({len(lags)} stores)"
-        )
-        on_primary = MemoryAPI(embedder="hash", database_url=pair.primary.url(name))
-        for label, api in (("standby", memory), ("primary", on_primary)):
-            api.retrieve("fact", top_k=10)
-            times = []
-            for i in range(200):
+        with psycopg.connect(primary, autocommit=True) as on_primary, psycopg.connect(standby) as on_standby:
+            on_standby.autocommit = True
+            for i in range(runs):
+                memory.store(f"new fact {i}")
                 started = time.perf_counter()
-                api.retrieve(f"fact number {i}", top_k=10)
+                row = on_primary.execute(b"SELECT pg_current_wal_lsn() - '0/0'").fetchone()
+                assert row is not None
+                while True:
+                    replayed = on_standby.execute(b"SELECT pg_last_wal_replay_lsn() - '0/0'").fetchone()
+                    if replayed is not None and replayed[0] >= row[0]:
+                        break
+                lags.append(time.perf_counter() - started)
+        print(f"replay lag of one store (commit to replayed, busy polling): {_p50_ms(lags)}")
+
+        memory.retrieve("fact", top_k=10)
+        only_primary.retrieve("fact", top_k=10)
+        reads = {
+            "retrieve top 10 of 10k on the standby": lambda i: memory.retrieve(f"fact number {i}", top_k=10),
+            "retrieve top 10 of 10k on the primary": lambda i: only_primary.retrieve(
+                f"fact number {i}", top_k=10
+            ),
+            "count on the standby": lambda i: memory.count({}),
+            "count on the primary": lambda i: only_primary.count({}),
+            "store, read_your_writes=False": lambda i: memory.store(f"stored {i}"),
+            "store, read_your_writes=True": lambda i: waiting.store(f"stored {i}"),
+        }
+        for label, times in _timed(reads, runs).items():
+            print(f"{label}: {_p50_ms(times)}")
+        stored: list[str] = []
+        with watch_statements(primary) as sent:
+            times = []
+            for i in range(runs):
+                stored.append(waiting.store(f"read back {i}"))
+                started = time.perf_counter()
+                assert waiting.get(stored[-1]) is not None
                 times.append(time.perf_counter() - started)
-            print(f"retrieve (top 10 of 2,200) on the {label}: p50 {statistics.median(times) * 1000:.2f} ms")
-        waiting = MemoryAPI(
-            embedder="hash",
-            database_url=pair.primary.url(name),
-            read_url=pair.standby.url(name),
-            read_your_writes=True,
-        )
-        times = []
-        for i in range(200):
-            waiting.store(f"read back {i}")
-            started = time.perf_counter()
-            assert waiting.count({}) > 0
-            times.append(time.perf_counter() - started)
+        fell_back = sum(1 for text, _ in sent if text.startswith("SELECT") and "memories.id = %(id)s" in text)
         print(
-            f"count right after a store, read_your_writes=True: p50 {statistics.median(times) * 1000:.2f} ms"
+            f"get right after its store, read_your_writes=True: {_p50_ms(times)}; "
+            f"{runs - fell_back} of {runs} on the standby"
         )
 
 
