@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from memorix_pg import AsyncMemoryAPI, ConfigurationError, FilterError, MemoryAPI
 from memorix_pg.api import forget_database
@@ -92,6 +94,8 @@ def test_reads_go_to_the_standby_and_writes_to_the_primary(pair: ReplicaPair, ur
         assert [m.id for m in memory.list()] == [kept]
         assert [m.id for m in memory.retrieve("only on the primary so far", top_k=5)] == [kept]
         assert [m.id for m in memory.retrieve("primary", mode="text")] == []
+        assert [m.id for m in memory.retrieve("on both servers", exact=False)] == [kept]  # HNSW walk
+        assert memory.explain_retrieve("on both servers", exact=False).path == "hnsw"
         assert memory.stats("n") == {"total": 1, "groups": {1: 1}}
         assert [e.memory_id for e in memory.history()] == [kept]
     pair.wait_for_replay()
@@ -184,6 +188,46 @@ def test_a_standby_that_goes_down_leaves_reads_to_the_primary(pair: ReplicaPair,
         return bool(on_standby.containing("count("))
 
     assert wait_for(back_on_the_standby, timeout=STANDBY_REST_SECONDS + 10, interval=0.5)
+
+
+def test_tenants_stay_apart_on_the_standby_under_row_level_security(
+    pair: ReplicaPair, urls, make, api_kind: str
+) -> None:
+    """An application role (no BYPASSRLS) reads its tenant's rows on the standby: the tenant
+    setting reaches the standby's transactions, and the policy holds there."""
+    primary, standby = urls
+    make(collection_name="shared").count()  # migrates as the owner
+    role = f"memorix_app_{api_kind}"
+    with psycopg.connect(primary, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(role)))
+        grants = (
+            "GRANT USAGE ON SCHEMA memorix TO {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON memorix.memories TO {}",
+            "GRANT SELECT, INSERT ON memorix.collections TO {}",
+            "GRANT SELECT ON memorix.alembic_version TO {}",
+        )
+        for grant in grants:
+            conn.execute(sql.SQL(grant).format(sql.Identifier(role)))
+    as_app = primary.replace("postgres@", f"{role}@", 1), standby.replace("postgres@", f"{role}@", 1)
+    try:
+        alice = make(collection_name="shared", database_url=as_app[0], read_url=as_app[1], tenant="alice")
+        bob = make(collection_name="shared", database_url=as_app[0], read_url=as_app[1], tenant="bob")
+        alice.store_batch(["one", "two", "three"])
+        bob.store("bob's")
+        pair.wait_for_replay()
+        with CapturedSQL(as_app[1]) as on_standby, CapturedSQL(as_app[0]) as on_primary:
+            assert alice.count() == 3
+            assert [m.text for m in bob.list()] == ["bob's"]
+            assert [m.text for m in alice.retrieve("two", top_k=1)] == ["two"]
+        assert on_standby.containing("count(") and on_primary.statements == []
+        with psycopg.connect(as_app[1]) as conn:  # raw SQL on the standby as bob
+            conn.execute("SELECT set_config('memorix.tenant', 'bob', true)")
+            assert conn.execute("SELECT count(*) FROM memorix.memories").fetchone() == (1,)
+    finally:
+        _forget(*as_app)
+        with psycopg.connect(primary, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
 
 
 def test_a_multi_host_url_routes_by_role_and_follows_a_promotion(
