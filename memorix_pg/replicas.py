@@ -300,8 +300,8 @@ class SyncRouter:
             return value
 
     def _wait(self, lsn: int, deadline: float) -> None:
-        while time.monotonic() + POLL_SECONDS < deadline:
-            time.sleep(POLL_SECONDS)
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_SECONDS, left))
             if self.standby.run(_probe(lsn)):
                 return
         raise _Behind
@@ -349,8 +349,8 @@ class AsyncRouter:
             return value
 
     async def _wait(self, lsn: int, deadline: float) -> None:
-        while time.monotonic() + POLL_SECONDS < deadline:
-            await asyncio.sleep(POLL_SECONDS)
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(POLL_SECONDS, left))
             if await self.standby.run(_probe(lsn)):
                 return
         raise _Behind
