@@ -74,10 +74,10 @@ class _Behind(Exception):
 
 
 def _with_query(url: str, **values: str) -> str:
+    """``url`` with the query parameters ``values`` set (others kept as they are, in order)."""
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query.update(values)
-    return urlunsplit(parts._replace(query=urlencode(query, safe="/,:")))
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in values]
+    return urlunsplit(parts._replace(query=urlencode([*query, *values.items()], safe="/,:")))
 
 
 def split_hosts(url: str) -> str:
@@ -129,18 +129,17 @@ class ReadReplicas:
             raise ConfigurationError(f"read_url must be a PostgreSQL URL, got {read_url!r:.80}")
         self.read_your_writes = read_your_writes
         self.timeout = float(timeout)
-        self.database_url = database_url  # what the core resolves: the primary
+        # What the core resolves: the primary.
+        self.database_url = split_hosts(database_url) if isinstance(database_url, str) else database_url
         self.read_url: str | None = None
-        given = database_url or os.environ.get(ENV_URL) or None
+        given = self.database_url or os.environ.get(ENV_URL) or None
         if read_url is not None:
             self.read_url = libpq_url(split_hosts(read_url))
-        elif given is not None and "target_session_attrs" in given:
+        elif isinstance(given, str) and "target_session_attrs" in given:
             url = split_hosts(given)
             if _several_hosts(url):
                 self.database_url = _with_query(url, target_session_attrs="read-write")
                 self.read_url = libpq_url(_with_query(url, target_session_attrs="prefer-standby"))
-        elif database_url is not None:
-            self.database_url = split_hosts(database_url)
         self._pending: int | None = None  # the WAL position the next standby read waits for
         self._gave_up: int | None = None  # a position waited for in vain: checked, not waited for again
         self._lock = threading.Lock()

@@ -295,7 +295,7 @@ def test_several_hosts_become_a_read_write_and_a_prefer_standby_url() -> None:
     given = "postgresql://app:secret@db1:5432,db2:5433/mem?sslmode=prefer&target_session_attrs=any"
     replicas = ReadReplicas(given, None, False, 1.0)
     assert replicas.database_url == (
-        "postgresql://app:secret@/mem?sslmode=prefer&target_session_attrs=read-write&host=db1,db2&port=5432,5433"
+        "postgresql://app:secret@/mem?sslmode=prefer&host=db1,db2&port=5432,5433&target_session_attrs=read-write"
     )
     assert replicas.read_url is not None and replicas.read_url.startswith("postgresql://app:secret@/mem?")
     assert "target_session_attrs=prefer-standby" in replicas.read_url
@@ -305,5 +305,8 @@ def test_several_hosts_become_a_read_write_and_a_prefer_standby_url() -> None:
     assert one_host.read_url is None  # nothing to split reads off to
     explicit = ReadReplicas("postgresql://u@h1/db", "postgres://u@h2/db", True, 2)
     assert (explicit.database_url, explicit.read_url) == ("postgresql://u@h1/db", "postgresql://u@h2/db")
+    both = ReadReplicas("postgresql://u@h1,h2/db?target_session_attrs=any", "postgresql://u@h3/db", True, 2)
+    assert both.database_url == "postgresql://u@/db?target_session_attrs=any&host=h1,h2"  # as given
+    assert both.read_url == "postgresql://u@h3/db"
     with pytest.raises(ConfigurationError, match="both before the path and in its query"):
         ReadReplicas("postgresql://u@h1,h2/db?host=h3&target_session_attrs=any", None, False, 1.0)
