@@ -167,6 +167,7 @@ def test_read_your_writes_waits_for_the_standby_to_replay(pair: ReplicaPair, url
 def test_a_standby_that_goes_down_leaves_reads_to_the_primary(pair: ReplicaPair, urls, make) -> None:
     primary, standby = urls
     memory = make()
+    waiting = make(read_your_writes=True)
     kept = memory.store("still readable")
     pair.wait_for_replay()
     assert memory.count() == 1  # the standby's connection is in the pool now
@@ -177,6 +178,10 @@ def test_a_standby_that_goes_down_leaves_reads_to_the_primary(pair: ReplicaPair,
             assert memory.count() == 1
             added = memory.store("written while the standby is down")
             assert [m.id for m in memory.list(order="oldest")] == [kept, added]
+            started = time.perf_counter()
+            also = waiting.store("read back while the standby is down")
+            assert waiting.get(also) is not None  # no waiting for a standby that is not there
+            assert time.perf_counter() - started < 1.0
         assert on_primary.containing("count(")
     finally:
         pair.standby.start()
@@ -184,7 +189,7 @@ def test_a_standby_that_goes_down_leaves_reads_to_the_primary(pair: ReplicaPair,
 
     def back_on_the_standby() -> bool:
         with CapturedSQL(standby) as on_standby:
-            assert memory.count() == 2
+            assert memory.count() == 3
         return bool(on_standby.containing("count("))
 
     assert wait_for(back_on_the_standby, timeout=STANDBY_REST_SECONDS + 10, interval=0.5)
