@@ -29,6 +29,7 @@ from .lifecycle import CompressionReport, DuplicatePair, ForgetReceipt, Summariz
 from .memory import Memory
 from .recall import RecallReport
 from .reembed import ReembedReport
+from .replicas import AsyncRouter, ReadReplicas
 from .rerank import Reranker
 from .runner import AsyncRunner
 from .schemas import SchemaProblem
@@ -62,6 +63,10 @@ class AsyncMemoryAPI:
     Connections come from one pool per process and URL, shared by every ``MemoryAPI``
     (``pool_size``, ``max_overflow``, ``pool_timeout``, ``connect_timeout`` configure it), or
     from ``pool=``: a ``psycopg_pool.ConnectionPool`` or a SQLAlchemy ``Engine`` of yours.
+    ``read_url`` (or a ``database_url`` of several hosts with ``target_session_attrs``) sends
+    the reads to a standby; with ``read_your_writes`` a read waits up to
+    ``read_your_writes_timeout`` seconds for the standby to replay this object's writes, then
+    reads the primary (see replicas.py).
     """
 
     def __init__(
@@ -89,12 +94,16 @@ class AsyncMemoryAPI:
         max_overflow: int = 10,
         pool_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        read_url: str | None = None,
+        read_your_writes: bool = False,
+        read_your_writes_timeout: float = 1.0,
     ) -> None:
+        self._replicas = ReadReplicas(database_url, read_url, read_your_writes, read_your_writes_timeout)
         self._core = Core(
             vector_store,
             embedder,
             collection_name,
-            database_url,
+            self._replicas.database_url,
             distance=distance,
             precision=precision,
             text_search_config=text_search_config,
@@ -111,7 +120,7 @@ class AsyncMemoryAPI:
         )
         self._options = PoolOptions(pool_size, max_overflow, pool_timeout, connect_timeout)
         self._pool = pool
-        self._runner: AsyncRunner | None = None
+        self._runner: AsyncRunner | AsyncRouter | None = None
         self._closed = False
 
     async def _run(self, call: Call[T]) -> T:
@@ -120,7 +129,11 @@ class AsyncMemoryAPI:
         if self._runner is None:
             await asyncio.to_thread(self._core.resolve)
             source = async_source(self._core.url, self._options, self._pool)
-            self._runner = AsyncRunner(source, self._core.url, self._core.settings, self._core.restart)
+            self._runner = self._replicas.async_runner(
+                AsyncRunner(source, self._core.url, self._core.settings, self._core.restart),
+                self._core,
+                self._options,
+            )
         return await self._runner.run(call)
 
     async def open(self) -> AsyncMemoryAPI:

@@ -116,6 +116,8 @@ class Call(Generic[T]):
     scoped: bool = True
     # ``SET LOCAL``s of this call's every transaction (the operation history records it under).
     settings: tuple[Query, ...] = ()
+    # Only reads: with read replicas (replicas.py) it may run on a standby.
+    read: bool = False
 
 
 @functools.lru_cache(maxsize=1024)

@@ -170,8 +170,11 @@ class CoreBase:
         assert self.info is not None
         return planner_for(self.url, self.info.id)
 
-    def scoped(self, body: Any, idempotent: bool = False, operation: str | None = None) -> Call[Any]:
-        """``body(scope)`` after the collection is open; ``operation`` names its writes in the history."""
+    def scoped(
+        self, body: Any, idempotent: bool = False, operation: str | None = None, read: bool = False
+    ) -> Call[Any]:
+        """``body(scope)`` after the collection is open; ``operation`` names its writes in the history;
+        ``read``: it only reads, so it may run on a standby."""
 
         def make() -> Operation[Any]:
             yield from self.opened()
@@ -183,7 +186,7 @@ class CoreBase:
                 self.info = None
                 raise
 
-        return Call(make, idempotent=idempotent, settings=labelled(operation))
+        return Call(make, idempotent=idempotent, settings=labelled(operation), read=read)
 
     def compiled_filter(self, filter: Mapping[str, Any] | None) -> Filter:
         compiled = compile_where(filter)  # first: it bounds the filter's depth for check_filter

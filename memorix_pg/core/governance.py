@@ -73,7 +73,7 @@ class Governance(CoreBase):
                 rows = yield from history_events.events(scope, where, after, limit)
             return [self._event(r) for r in rows]
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def _event(self, row: Sequence[Any]) -> history_events.HistoryEvent:
         event = history_events.HistoryEvent(*row)
@@ -100,7 +100,7 @@ class Governance(CoreBase):
             return dict(self.schema.document) if self.schema is not None else None
             yield  # pragma: no cover - makes this a generator
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def validate_existing(self) -> Call[list[SchemaProblem]]:
         def body(scope: Scope) -> Operation[list[SchemaProblem]]:
@@ -112,7 +112,7 @@ class Governance(CoreBase):
                 problems += self.schema.problems(row_id, self.sealer.open_metadata(row_id, dict(metadata)))
             return problems
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def reembed(
         self, embedder: str | Embedder, batch: int, limit: int | None, progress: bool

@@ -36,7 +36,9 @@ class Maintenance(CoreBase):
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = positive_timedelta(older_than, "older_than")
         f = self.compiled_filter(filter)
-        return self.scoped(lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True)
+        return self.scoped(
+            lambda scope: lifecycle.count_older_than(scope, f, age), idempotent=True, read=True
+        )
 
     def purge_expired(self) -> Call[int]:
         def body(scope: Scope) -> Operation[int]:
@@ -118,7 +120,7 @@ class Maintenance(CoreBase):
                 for a, b, s, ta, tb in rows
             ]
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def create_index(self, key: str, type: str) -> Call[str]:
         index_expression(key, type)  # validates the key and the type before anything runs

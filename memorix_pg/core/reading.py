@@ -33,7 +33,7 @@ class Reading(CoreBase):
             rows = yield from reads.get(scope, row_id, vectors)
             return self.read_row(rows[0], vectors) if rows else None
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def get_many(self, ids: Sequence[str | UUID], include_embeddings: bool = False) -> Call[list[Memory]]:
         """The memories that exist among ``ids``, in their order (an id given twice comes back
@@ -50,7 +50,7 @@ class Reading(CoreBase):
             found = {row[0]: self.read_row(row, vectors) for row in rows}
             return [found[i] for i in row_ids if i in found]
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def page(
         self,
@@ -80,11 +80,11 @@ class Reading(CoreBase):
                 )
             return [self.memory(r, embedding=r[5], expires_at=r[6]) for r in rows]
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def count(self, filter: Mapping[str, Any] | None) -> Call[int]:
         f = self.compiled_filter(filter)
-        return self.scoped(lambda scope: reads.count(scope, f), idempotent=True)
+        return self.scoped(lambda scope: reads.count(scope, f), idempotent=True, read=True)
 
     def stats(self, group_by: str | None, filter: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
         f = self.compiled_filter(filter)
@@ -93,11 +93,11 @@ class Reading(CoreBase):
             def total(scope: Scope) -> Operation[dict[str, Any]]:
                 return {"total": (yield from reads.count(scope, f)), "groups": {}}
 
-            return self.scoped(total, idempotent=True)
+            return self.scoped(total, idempotent=True, read=True)
         self.sealer.check_group_key(group_by)
 
         def grouped(scope: Scope) -> Operation[dict[str, Any]]:
             groups = yield from lifecycle.group_counts(scope, group_by, f)
             return {"total": sum(groups.values()), "groups": groups}
 
-        return self.scoped(grouped, idempotent=True)
+        return self.scoped(grouped, idempotent=True, read=True)

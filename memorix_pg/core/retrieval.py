@@ -146,7 +146,7 @@ class Retrieval(CoreBase):
             found = found[:top_k]
             return _at_least((found, plan), floor) if floor is not None else (found, plan)
 
-        return Call(after, idempotent=call.idempotent)
+        return Call(after, idempotent=call.idempotent, read=call.read)
 
     def _retrieve(
         self,
@@ -197,7 +197,7 @@ class Retrieval(CoreBase):
                 for i, r in enumerate(rows)
             ], plan
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def _scored(
         self,
@@ -286,7 +286,7 @@ class Retrieval(CoreBase):
                 )
             return memories, plan
 
-        return self.scoped(body, idempotent=True)
+        return self.scoped(body, idempotent=True, read=True)
 
     def check_recall(
         self, queries: int, top_k: int, filter: Mapping[str, Any] | None, target: float
@@ -299,4 +299,5 @@ class Retrieval(CoreBase):
         return self.scoped(
             lambda scope: recall.check_recall(scope, self.planner, f, queries, top_k, float(target)),
             idempotent=True,
+            read=True,
         )
