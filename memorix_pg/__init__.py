@@ -21,6 +21,7 @@ from .errors import (
 )
 from .history import HistoryEvent
 from .memory import Memory
+from .move import MoveReceipt, move_tenant
 from .recall import QueryRecall, RecallReport
 from .schemas import SchemaProblem
 from .search import SearchPlan
@@ -45,6 +46,7 @@ __all__ = [
     "Memory",
     "MemoryAPI",
     "MemoryNotFound",
+    "MoveReceipt",
     "PermissionDenied",
     "PgvectorMissing",
     "QueryRecall",
@@ -57,6 +59,7 @@ __all__ = [
     "backup",
     "forget",
     "list_collections",
+    "move_tenant",
     "restore",
 ]
 
