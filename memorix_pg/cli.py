@@ -764,10 +764,16 @@ def forget_command(where_json: str, dry_run: bool, tenant: str | None, database_
     default=None,
     help="How the destination server reaches the source (default: the source URL).",
 )
+@click.option("--keep-source", is_flag=True, help="Copy and check, but keep the tenant at the source.")
 @database_option
 @_clean_errors
 def move_tenant_command(
-    tenant: str, to: str, timeout: float, source_conninfo: str | None, database_url: str | None
+    tenant: str,
+    to: str,
+    timeout: float,
+    source_conninfo: str | None,
+    keep_source: bool,
+    database_url: str | None,
 ) -> None:
     """Move every memory of TENANT to another database by logical replication, online; the
     source is cleaned only after counts and checksums match. Prints the receipt as JSON.
@@ -778,7 +784,9 @@ def move_tenant_command(
     """
     from .move import move_tenant
 
-    receipt = move_tenant(tenant, to, database_url, timeout, source_conninfo=source_conninfo)
+    receipt = move_tenant(
+        tenant, to, database_url, timeout, source_conninfo=source_conninfo, clean_source=not keep_source
+    )
     click.echo(json.dumps({**dataclasses.asdict(receipt), "total": receipt.total}, sort_keys=True))
 
 

@@ -406,3 +406,14 @@ def test_the_cli_moves_a_tenant_and_prints_the_receipt(logical_database_url: str
     )
     assert refused.exit_code == 1
     assert "InvalidInput: tenant 'a' has no memories" in refused.output and "Traceback" not in refused.output
+
+    # --keep-source: copied and checked, and still at the source.
+    kept = runner.invoke(
+        main,
+        ["move-tenant", "b", "--to", database_url, "--database-url", logical_database_url, "--keep-source"],
+    )
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.output)["source_cleaned"] is False
+    for url in (database_url, logical_database_url):
+        assert sql_value(url, "SELECT count(*) FROM memorix.memories WHERE tenant = 'b'") == 5
+    assert _replication_state(logical_database_url)[:3] == (0, 0, 0)
