@@ -218,6 +218,10 @@ def move_tenant(
         raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r}")
     if not isinstance(to, str) or not to:
         raise ConfigurationError("move_tenant needs the destination's database URL (to=)")
+    if source_conninfo is not None and (not isinstance(source_conninfo, str) or not source_conninfo):
+        raise ConfigurationError(
+            f"source_conninfo must be a non-empty connection string, got {source_conninfo!r}"
+        )
     if not isinstance(clean_source, bool):
         raise InvalidInput(f"clean_source must be a bool, got {clean_source!r}")
     destination = libpq_url(to)
@@ -231,6 +235,12 @@ def move_tenant(
         raise PermissionDenied(
             f"moving a tenant needs a superuser, or the tables' owner with the REPLICATION attribute at "
             f"the source and pg_create_subscription at the destination: {str(exc).strip()}"
+        ) from None
+    except psycopg.Error as exc:  # e.g. no free replication slot, a connection lost half-way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MemorixError(
+            f"moving tenant {checked!r} stopped: {reason}; nothing of the move is left and the source "
+            "is unchanged"
         ) from None
     return MoveReceipt(
         tenant=checked,

@@ -319,11 +319,17 @@ def test_a_move_that_cannot_finish_in_time_is_undone_on_both_sides(
 
 
 def _refused(
-    source: str, destination: str, error: type[Exception], match: str, tenant: str = "a", timeout: float = 30
+    source: str,
+    destination: str,
+    error: type[Exception],
+    match: str,
+    tenant: str = "a",
+    timeout: float = 30,
+    source_conninfo: str | None = None,
 ) -> None:
     before = (_everything(source), _everything(destination))
     with pytest.raises(error, match=match):
-        move_tenant(tenant, destination, source, timeout=timeout)
+        move_tenant(tenant, destination, source, timeout=timeout, source_conninfo=source_conninfo)
     assert (_everything(source), _everything(destination)) == before
 
 
@@ -417,3 +423,20 @@ def test_the_cli_moves_a_tenant_and_prints_the_receipt(logical_database_url: str
     for url in (database_url, logical_database_url):
         assert sql_value(url, "SELECT count(*) FROM memorix.memories WHERE tenant = 'b'") == 5
     assert _replication_state(logical_database_url)[:3] == (0, 0, 0)
+
+
+def test_a_destination_that_cannot_reach_the_source_is_refused_and_undone(
+    logical_database_url: str, database_url: str
+) -> None:
+    """The publication and the slot exist by then, and the collection was created at the
+    destination: all of it goes again."""
+    _seed(logical_database_url, "b", "first", 2, seed=1)  # id 1, as "elsewhere" has at the destination
+    _seed(logical_database_url, "a", "notes", 10, seed=1)  # id 2: created at the destination
+    _seed(database_url, "c", "elsewhere", 2, seed=2)
+    _refused(
+        logical_database_url,
+        database_url,
+        ConfigurationError,
+        "could not connect to the source.*source_conninfo",
+        source_conninfo="postgresql://postgres@127.0.0.1:1/nowhere",
+    )
