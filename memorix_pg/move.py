@@ -43,7 +43,8 @@ the source keeps serving, checks the copy, and only then deletes the tenant at t
    reads go on, every tenant's writes wait for the moments of the cutover), after catching up
    to that point and reconciling whatever still differs, so no write slips in between the check
    and the delete. Writers may keep the copy from matching: the whole repeats until it matches
-   or ``timeout`` passes.
+   or ``timeout`` passes. A collection the tenant starts to use meanwhile is checked and
+   created at the destination like the others.
 5. **Cutover**, still under that lock: the subscription is dropped, the tenant's history
    events are copied to the destination (new event ids there, ``at`` and everything else kept:
    history is per memory, and the memories now live there), and in the same source transaction
@@ -418,9 +419,12 @@ def _prepare_destination(move: _Move) -> None:
         move.history_mark = int(
             _one(dst, sql.SQL("SELECT coalesce(max(event_id), 0) FROM {}").format(_HISTORY))
         )
-        missing = [c for c in move.collections if not c.exists_at_destination]
-        if not missing:
-            return
+        _create_collections(dst, move, [c for c in move.collections if not c.exists_at_destination])
+
+
+def _create_collections(dst: psycopg.Connection[Any], move: _Move, missing: list[_Collection]) -> None:
+    """The collections, with the source's ids and configuration (one transaction)."""
+    if missing:
         names = ("id", *_CONFIG, "created_at")
         with dst.transaction():
             for collection in missing:
@@ -582,13 +586,30 @@ def _wait_for_initial_sync(move: _Move, deadline: float) -> None:
     _wait(move, deadline, synced, "the initial copy did not finish")
 
 
-def _build_indexes(move: _Move) -> None:
+def _build_indexes(move: _Move, collections: list[_Collection] | None = None) -> None:
     """The HNSW index of each collection created here, built once over the copied rows."""
+    built = move.created if collections is None else collections
     with _connect(move.destination) as dst:
-        for collection in move.created:
+        for collection in built:
             dst.execute(create_index_sql(collection.info, concurrently=True, rows=collection.count))
-        if move.created:
+        if built:
             dst.execute(sql.SQL("ANALYZE {}").format(_MEMORIES))
+
+
+def _adopt_new_collections(move: _Move, src: psycopg.Connection[Any]) -> None:
+    """A collection the tenant started to use during the move: its rows replicate with its id,
+    so it is checked and created at the destination as the others were (or the move stops)."""
+    known = {c.id for c in move.collections}
+    new = [c for c in _tenant_collections(src, move.tenant) if c.id not in known]
+    if not new:
+        return
+    with _connect(move.destination) as dst:
+        for collection in new:
+            _check_destination_collection(dst, collection, move.destination)
+        missing = [c for c in new if not c.exists_at_destination]
+        _create_collections(dst, move, missing)
+    move.collections.extend(new)
+    _build_indexes(move, missing)
 
 
 def _wait_for_catch_up(move: _Move, lsn: str, deadline: float) -> None:
@@ -622,6 +643,7 @@ def _check_and_cut_over(move: _Move, deadline: float, clean_source: bool) -> int
             lsn = str(_one(src, "SELECT pg_current_wal_lsn()"))
         _wait_for_catch_up(move, lsn, deadline)
         with _connect(move.source) as src:
+            _adopt_new_collections(move, src)
             if not _matches(move, _checksums(src, move.tenant)):
                 _reconcile(move, src, complete=False)
         moved = _cut_over(move, deadline, clean_source)
@@ -645,6 +667,7 @@ def _cut_over(move: _Move, deadline: float, clean_source: bool) -> int | None:
                 raise _timed_out(move, "the source's writes did not pause for the final check") from None
             lsn = str(_one(src, "SELECT pg_current_wal_lsn()"))
             source_sums = _checksums(src, move.tenant)
+            _adopt_new_collections(move, src)
             _wait_for_catch_up(move, lsn, deadline)
             if not _matches(move, source_sums):
                 # Nothing is in flight now: what still differs is an update or a delete that an

@@ -100,11 +100,21 @@ class _WriterDuringCopy:
     the destination by replication alone."""
 
     def __init__(
-        self, source: str, destination: str, updated: str, other: str, deleted: str, *, wait_for_arrival: bool
+        self,
+        source: str,
+        destination: str,
+        updated: str,
+        other: str,
+        deleted: str,
+        *,
+        wait_for_arrival: bool,
+        new_collection: str | None = None,
     ) -> None:
         self.source, self.destination = source, destination
         self.updated, self.other, self.deleted = updated, other, deleted
         self.wait_for_arrival = wait_for_arrival
+        self.new_collection = new_collection
+        self.stored_late: str | None = None
         self.held = _HeldSnapshot(destination)
         self.error: BaseException | None = None
         self.identity_during: str | None = None
@@ -133,6 +143,14 @@ class _WriterDuringCopy:
                 conn.execute(change, ('{"during": 1}', "a", self.updated))
                 conn.execute(change, ('{"during": 1}', "b", self.other))
                 conn.execute("DELETE FROM memorix.memories WHERE tenant = 'a' AND id = %s", (self.deleted,))
+            if self.new_collection is not None:  # a collection the tenant starts to use now
+                late = MemoryAPI(
+                    embedder=f"hash-{DIM}",
+                    collection_name=self.new_collection,
+                    database_url=self.source,
+                    tenant="a",
+                )
+                self.stored_late = late.store("stored during the move", {"late": True})
             if self.wait_for_arrival:
                 self.arrived = wait_for(self._arrived, timeout=30)
         except BaseException as exc:  # reported by the test body
@@ -176,14 +194,18 @@ def test_a_tenant_moves_with_its_collections_history_and_a_write_made_during_the
     expected_facts = [m.id for m in facts_source.retrieve(None, top_k=5, embedding=query_facts)]
     updated, deleted = notes_a[0], next(i for i in reversed(notes_a) if i not in expected_notes)
     expected_notes = expected_notes[:5]
-    writer = _WriterDuringCopy(source, destination, updated, notes_b[0], deleted, wait_for_arrival=False)
+    writer = _WriterDuringCopy(
+        source, destination, updated, notes_b[0], deleted, wait_for_arrival=False, new_collection="late"
+    )
     with writer:
         receipt = move_tenant("a", to=destination, database_url=source, timeout=120)
     assert writer.identity_during == identity_before  # no REPLICA IDENTITY FULL (text_search)
 
-    assert receipt.collections == {"facts": 40, "notes": 119}
-    assert receipt.total == 159 and receipt.source_cleaned and receipt.seconds > 0
-    assert receipt.history_events == len(history_before) + 2
+    assert receipt.collections == {"facts": 40, "late": 1, "notes": 119}
+    assert receipt.total == 160 and receipt.source_cleaned and receipt.seconds > 0
+    assert receipt.history_events == len(history_before) + 3
+    late = make_api("late", embedder=f"hash-{DIM}", database_url=destination, tenant="a")
+    assert late.get(writer.stored_late).text == "stored during the move"
 
     on_destination = make_api("notes", embedder=f"hash-{DIM}", database_url=destination, tenant="a")
     assert [m.id for m in on_destination.retrieve(None, top_k=5, embedding=query_notes)] == expected_notes
@@ -217,7 +239,7 @@ def test_a_tenant_moves_with_its_collections_history_and_a_write_made_during_the
     moved_history = _history(destination, "a")
     assert set(history_before) < set(moved_history)
     assert sorted((e[0], e[1]) for e in set(moved_history) - set(history_before)) == sorted(
-        [(updated, "update"), (deleted, "delete")]
+        [(updated, "update"), (deleted, "delete"), (writer.stored_late, "store")]
     )
     assert len(moved_history) == receipt.history_events
 
