@@ -16,6 +16,7 @@ import numpy as np
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from memorix_pg import ConfigurationError, InvalidInput, MemorixError, MemoryAPI, move_tenant
 from memorix_pg.cli import main
@@ -229,7 +230,7 @@ def test_a_tenant_moves_with_its_collections_history_and_a_write_made_during_the
         row for row in b_before if row[0] != notes_b[0]
     ]
     assert dict((r[0], r[2]) for r in b_after)[notes_b[0]]["during"] == 1
-    assert sql_value(source, "SELECT count(*) FROM memorix.memories WHERE tenant IS NULL") == 30
+    assert sql_value(source, "SELECT count(*) FROM memorix.memories WHERE coalesce(tenant, '') = ''") == 30
     assert (
         MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=source, tenant="b").count()
         == 60
@@ -271,11 +272,18 @@ def test_updates_and_deletes_replicate_when_the_replica_identity_can_cover_the_t
     notes_b, _ = _seed(source, "b", "notes", 10, seed=2)
     if schema == "tenant in the primary key":
         # The layout with ``tenant`` leading the key: the default identity covers it as it is.
-        sql_exec(
+        key = sql_value(
             source,
-            "ALTER TABLE memorix.memories DROP CONSTRAINT memories_pkey, "
-            "ADD PRIMARY KEY (tenant, collection_id, id)",
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'memorix.memories'::regclass "
+            "AND contype = 'p'",
         )
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE memorix.memories DROP CONSTRAINT {}, "
+                    "ADD PRIMARY KEY (tenant, collection_id, id)"
+                ).format(sql.Identifier(key))
+            )
         identity_during = "d"
     else:
         # A table without stored generated columns (PostgreSQL 17 and older do not check them):
@@ -315,7 +323,8 @@ def test_a_move_that_cannot_finish_in_time_is_undone_on_both_sides(
         """An uncommitted write of the tenant at the source, held past the timeout: the move's
         final check, which needs writes paused, can never run."""
         try:
-            assert wait_for(lambda: _subscription_synced(destination), timeout=60)
+            if not wait_for(lambda: _subscription_synced(destination), timeout=timeout):
+                return  # the initial copy alone outlasted the timeout: undone all the same
             with psycopg.connect(source) as conn:
                 conn.execute(
                     "UPDATE memorix.memories SET metadata = metadata || '{\"x\": 1}' WHERE tenant = 'a'"
