@@ -126,9 +126,9 @@ _CHECKSUMS = sql.SQL(
     "SELECT collection_id, count(*), sum({digest}::numeric) FROM {table} WHERE tenant = %s "
     "GROUP BY collection_id"
 ).format(digest=_DIGEST, table=_MEMORIES)
-_DIGESTS = sql.SQL("SELECT collection_id, id, {digest} FROM {table} WHERE tenant = %s").format(
-    digest=_DIGEST, table=_MEMORIES
-)
+_DIGESTS = sql.SQL(
+    "SELECT collection_id, id, {digest} FROM {table} WHERE tenant = %s AND collection_id = ANY(%s)"
+).format(digest=_DIGEST, table=_MEMORIES)
 
 
 @dataclass(frozen=True)
@@ -631,9 +631,13 @@ def _checksums(conn: psycopg.Connection[Any], tenant: str) -> dict[int, tuple[in
     return {int(r[0]): (int(r[1]), r[2]) for r in conn.execute(_CHECKSUMS, (tenant,)).fetchall()}
 
 
-def _matches(move: _Move, source_sums: dict[int, tuple[int, Any]]) -> bool:
+def _differing(move: _Move, source_sums: dict[int, tuple[int, Any]]) -> set[int]:
+    """The collections whose count or checksum differs between the source and the copy."""
     with _connect(move.destination) as dst:
-        return _checksums(dst, move.tenant) == source_sums
+        copy_sums = _checksums(dst, move.tenant)
+    return {
+        cid for cid in source_sums.keys() | copy_sums.keys() if source_sums.get(cid) != copy_sums.get(cid)
+    }
 
 
 def _check_and_cut_over(move: _Move, deadline: float, clean_source: bool) -> int:
@@ -644,8 +648,9 @@ def _check_and_cut_over(move: _Move, deadline: float, clean_source: bool) -> int
         _wait_for_catch_up(move, lsn, deadline)
         with _connect(move.source) as src:
             _adopt_new_collections(move, src)
-            if not _matches(move, _checksums(src, move.tenant)):
-                _reconcile(move, src, complete=False)
+            differing = _differing(move, _checksums(src, move.tenant))
+            if differing:
+                _reconcile(move, src, differing, complete=False)
         moved = _cut_over(move, deadline, clean_source)
         if moved is not None:
             return moved
@@ -669,11 +674,12 @@ def _cut_over(move: _Move, deadline: float, clean_source: bool) -> int | None:
             source_sums = _checksums(src, move.tenant)
             _adopt_new_collections(move, src)
             _wait_for_catch_up(move, lsn, deadline)
-            if not _matches(move, source_sums):
+            differing = _differing(move, source_sums)
+            if differing:
                 # Nothing is in flight now: what still differs is an update or a delete that an
                 # insert-only publication does not carry.
-                _reconcile(move, src, complete=True)
-                if not _matches(move, source_sums):
+                _reconcile(move, src, differing, complete=True)
+                if _differing(move, source_sums):
                     raise psycopg.Rollback()
             _drop_subscription(move)
             move.moved = {collection_id: count for collection_id, (count, _sum) in source_sums.items()}
@@ -689,18 +695,19 @@ def _cut_over(move: _Move, deadline: float, clean_source: bool) -> int | None:
     return events
 
 
-def _reconcile(move: _Move, src: psycopg.Connection[Any], *, complete: bool) -> None:
-    """Make the destination's copy of each of the tenant's memories that differs from the
-    source's the source's: deleted there when gone at the source, replaced when changed, and
-    (``complete``, with writes paused and the copy caught up) added when missing. Without
-    ``complete`` a missing memory is an insert still on its way, and left to replication.
+def _reconcile(move: _Move, src: psycopg.Connection[Any], collections: set[int], *, complete: bool) -> None:
+    """In the ``collections`` whose checksums differ, make each of the tenant's memories at the
+    destination that differs from the source's like the source's: deleted there when gone at
+    the source, replaced when changed, and (``complete``, with writes paused and the copy caught
+    up) added when missing. Without ``complete`` a missing memory is an insert still on its way,
+    and left to replication.
 
     The destination is read first: a memory the source deletes between the two reads is then
     seen at the destination only, and deleted there too. The history events these writes make
     at the destination are removed in the same transaction."""
     with _connect(move.destination) as dst:
-        there = {(r[0], r[1]): r[2] for r in dst.execute(_DIGESTS, (move.tenant,))}
-    here = {(r[0], r[1]): r[2] for r in src.execute(_DIGESTS, (move.tenant,))}
+        there = {(r[0], r[1]): r[2] for r in dst.execute(_DIGESTS, (move.tenant, sorted(collections)))}
+    here = {(r[0], r[1]): r[2] for r in src.execute(_DIGESTS, (move.tenant, sorted(collections)))}
     stale = [key for key, digest in there.items() if here.get(key) != digest]
     fresh = [key for key, digest in here.items() if there.get(key) != digest and (complete or key in there)]
     if not stale and not fresh:
