@@ -314,7 +314,7 @@ def _preflight(tenant: str, source: str, destination: str, conninfo: str | None)
             )
         for collection in collections:
             _check_destination_collection(dst, collection, destination)
-        if any(c.exists_at_destination for c in collections):
+        if any(c.exists_at_destination for c in collections) and not _key_includes_tenant(dst):
             with _connect(source) as src:
                 _check_id_collisions(src, dst, tenant, [c for c in collections if c.exists_at_destination])
     return _Move(tenant, source, destination, conninfo or source, collections)
@@ -369,11 +369,25 @@ def _check_destination_collection(dst: psycopg.Connection[Any], collection: _Col
     collection.exists_at_destination = True
 
 
+def _key_includes_tenant(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``memories``' primary key includes ``tenant`` (ids are then unique per tenant)."""
+    return bool(
+        _one(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY (i.indkey::int2[]) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+            "AND a.attname = 'tenant')",
+            (f"{SCHEMA}.memories",),
+        )
+    )
+
+
 def _check_id_collisions(
     src: psycopg.Connection[Any], dst: psycopg.Connection[Any], tenant: str, shared: list[_Collection]
 ) -> None:
-    """Memory ids are unique per collection whatever the tenant: one of another tenant's ids at
-    the destination would stop the copy half-way, so it is found first."""
+    """With the key ``(collection_id, id)``, memory ids are unique per collection whatever the
+    tenant: one of another tenant's ids at the destination would stop the copy half-way, so it
+    is found first (compared in chunks of ids)."""
     for collection in shared:
         with src.cursor() as cursor:
             cursor.execute(

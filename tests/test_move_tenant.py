@@ -415,9 +415,19 @@ def test_the_tenant_already_at_the_destination_or_an_id_taken_there_is_refused(
     MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=database_url, tenant="z").store(
         "taken", {}, id=ids[3]
     )
-    _refused(
-        logical_database_url, database_url, InvalidInput, f"memory id '{ids[3]}'.*is taken at the destination"
+    key_has_tenant = sql_value(
+        database_url,
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY (i.indkey::int2[]) WHERE i.indrelid = 'memorix.memories'::regclass "
+        "AND i.indisprimary AND a.attname = 'tenant')",
     )
+    if not key_has_tenant:  # ids unique per collection: another tenant's id there is a clash
+        _refused(
+            logical_database_url,
+            database_url,
+            InvalidInput,
+            f"memory id '{ids[3]}'.*is taken at the destination",
+        )
     MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=database_url, tenant="a").store(
         "x", {}
     )
