@@ -21,6 +21,7 @@ from .errors import (
 )
 from .history import HistoryEvent
 from .memory import Memory
+from .move import MoveReceipt, move_tenant
 from .recall import QueryRecall, RecallReport
 from .reembed import ReembedReport
 from .schemas import SchemaProblem
@@ -46,6 +47,7 @@ __all__ = [
     "Memory",
     "MemoryAPI",
     "MemoryNotFound",
+    "MoveReceipt",
     "PermissionDenied",
     "PgvectorMissing",
     "QueryRecall",
@@ -59,6 +61,7 @@ __all__ = [
     "backup",
     "forget",
     "list_collections",
+    "move_tenant",
     "restore",
 ]
 

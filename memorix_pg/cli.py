@@ -803,5 +803,42 @@ def forget_command(where_json: str, dry_run: bool, tenant: str | None, database_
     click.echo(json.dumps({**dataclasses.asdict(receipt), "total": receipt.total}, sort_keys=True))
 
 
+@main.command("move-tenant")
+@click.argument("tenant")
+@click.option("--to", "to", required=True, help="PostgreSQL URL of the destination database.")
+@click.option(
+    "--timeout", default=600.0, show_default=True, type=float, help="Seconds to wait for the copy to match."
+)
+@click.option(
+    "--source-conninfo",
+    default=None,
+    help="How the destination server reaches the source (default: the source URL).",
+)
+@click.option("--keep-source", is_flag=True, help="Copy and check, but keep the tenant at the source.")
+@database_option
+@_clean_errors
+def move_tenant_command(
+    tenant: str,
+    to: str,
+    timeout: float,
+    source_conninfo: str | None,
+    keep_source: bool,
+    database_url: str | None,
+) -> None:
+    """Move every memory of TENANT to another database by logical replication, online; the
+    source is cleaned only after counts and checksums match. Prints the receipt as JSON.
+
+    \b
+    Example:
+      memorix-pg move-tenant acme --to postgresql://user:pass@db2/memorix
+    """
+    from .move import move_tenant
+
+    receipt = move_tenant(
+        tenant, to, database_url, timeout, source_conninfo=source_conninfo, clean_source=not keep_source
+    )
+    click.echo(json.dumps({**dataclasses.asdict(receipt), "total": receipt.total}, sort_keys=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
