@@ -80,16 +80,10 @@ class MemoryRecord(Base):
 
     __tablename__ = "memories"
     __table_args__ = (
-        # Ids are unique per collection: the same id may name memories of two collections.
-        PrimaryKeyConstraint("collection_id", "id", name="memories_pkey"),
+        # Ids are unique per tenant and collection; a distributed key must hold the tenant.
+        PrimaryKeyConstraint("tenant", "collection_id", "id", name="memories_pkey"),
         Index("memories_collection_created_idx", "collection_id", "created_at"),
         Index("memories_collection_hash_idx", "collection_id", "content_hash"),
-        Index(
-            "memories_collection_tenant_idx",
-            "collection_id",
-            "tenant",
-            postgresql_where=sql_text("tenant IS NOT NULL"),
-        ),
         # Full-precision collections fill ``embedding``, half-precision ones ``embedding_half``.
         CheckConstraint("num_nonnulls(embedding, embedding_half) = 1", name="memories_one_embedding_check"),
         Index("memories_expires_at_idx", "expires_at", postgresql_where=sql_text("expires_at IS NOT NULL")),
@@ -123,8 +117,9 @@ class MemoryRecord(Base):
     )
     # Set from a TTL; an expired memory is never returned or counted, and purge_expired() deletes it.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Row-level security restricts rows to the ``memorix.tenant`` setting (migration 0003).
-    tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Row-level security restricts rows to the ``memorix.tenant`` setting (migration 0003);
+    # '' is "no tenant" (migration 0010: a distribution column is never NULL).
+    tenant: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
     # The collection's text search configuration, from the ``memorix.ts_config`` setting (0008).
     ts_config: Mapped[str] = mapped_column(
         REGCONFIG, nullable=False, server_default=sql_text(TS_CONFIG_DEFAULT)
@@ -139,6 +134,7 @@ class HistoryEvent(Base):
 
     __tablename__ = "history"
     __table_args__ = (
+        PrimaryKeyConstraint("tenant", "event_id", name="history_pkey"),
         Index("history_memory_idx", "memory_id", "event_id"),
         Index("history_collection_at_idx", "collection_id", "at"),
         Index(
@@ -149,10 +145,10 @@ class HistoryEvent(Base):
         ),
     )
 
-    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True))
     collection_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     memory_id: Mapped[str | None] = mapped_column(Text(collation="C"), nullable=True)
-    tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tenant: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
     operation: Mapped[str] = mapped_column(Text, nullable=False)
     text_hash_before: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     text_hash_after: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
