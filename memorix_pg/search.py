@@ -375,28 +375,48 @@ def _vectors(info: CollectionInfo, embeddings: bool) -> tuple[sa.ColumnElement[A
 def _with_columns(
     info: CollectionInfo, nearest: sa.Subquery, embeddings: bool, *extra: sa.ColumnElement[Any]
 ) -> sa.Select[Any]:
-    """The result columns of the ``nearest`` rows (ids and distances), joined by primary key
-    (collection and id: the same id may name a memory of another collection).
+    """The result columns of the ``nearest`` rows (tenants, ids and distances), joined by primary
+    key (tenant, collection and id: the same id may name a memory of another collection or
+    tenant; the tenant in the join keeps it on one Citus shard).
 
     Ranking carries only ids and distances: a search reads the text and metadata of k rows, not
     of every row it ranks (fetching them for the 4k rows of a walk cost ~0.7 ms at k=10).
     """
     return (
         sa.select(*_RESULT_COLUMNS, nearest.c.distance, *_vectors(info, embeddings), *extra)
-        .join_from(nearest, memories, sa.and_(collection_predicate(info), memories.c.id == nearest.c.id))
+        .join_from(
+            nearest,
+            memories,
+            sa.and_(
+                memories.c.tenant == nearest.c.tenant,
+                collection_predicate(info),
+                memories.c.id == nearest.c.id,
+            ),
+        )
         .order_by(nearest.c.distance)
     )
 
 
 def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
+    """The k nearest matching rows by distance. Ordering by ``distance + 0`` keeps the planner
+    off the HNSW index (which can only serve the bare operator): every matching row comes from
+    the btree/GIN indexes and is ranked exactly. No window aggregate: on Citus one pulls every
+    matching row to the coordinator; the matches are counted by a statement of their own."""
     distance = distance_expression(info, None)
     matching = (
-        sa.select(memories.c.id, distance.label("distance"), sa.func.count().over().label("total"))
+        sa.select(memories.c.tenant, memories.c.id, distance.label("distance"))
         .where(where)
         .subquery("matching")
     )
-    nearest = sa.select(matching).order_by(matching.c.distance).limit(sa.bindparam("k")).subquery("nearest")
-    return _with_columns(info, nearest, embeddings, nearest.c.total)
+    nearest = (
+        sa.select(matching).order_by(matching.c.distance + 0.0).limit(sa.bindparam("k")).subquery("nearest")
+    )
+    return _with_columns(info, nearest, embeddings)
+
+
+def _matches_statement(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """How many rows the exact scan ranked (``SearchPlan.matches_counted``)."""
+    return sa.select(sa.func.count()).select_from(memories).where(where)
 
 
 def _direct_statement(
@@ -417,7 +437,7 @@ def _direct_statement(
 def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     walk = (
-        sa.select(memories.c.id, distance.label("distance"))
+        sa.select(memories.c.tenant, memories.c.id, distance.label("distance"))
         .where(where)
         .order_by(distance)
         .limit(sa.bindparam("fetch"))
@@ -441,14 +461,15 @@ def _exact(
     settings: Any,
     embeddings: bool,
 ) -> Operation[tuple[Rows, int]]:
-    """The k nearest matching rows ranked exactly, and the number of matches. The window count
-    keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
+    """The k nearest matching rows ranked exactly, and the number of matches (both statements
+    in one round trip)."""
     info = scope.info
     query = cached(
         ("exact", scope.key, embeddings), lambda _: _exact_statement(info, where, embeddings), f, params
     )
-    rows = (yield from execute(query, final=True, settings=settings))[0].rows
-    return [r[:-1] for r in rows], int(rows[0][-1]) if rows else 0
+    matches = cached(("exact matches", scope.key), lambda _: _matches_statement(where), f, params)
+    ranked, counted = yield from execute(query, matches, final=True, settings=settings)
+    return ranked.rows, int(counted.rows[0][0])
 
 
 # -- the planner ------------------------------------------------------------------------------
