@@ -21,16 +21,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
 from .errors import ConfigurationError, EmbedderMismatch, PermissionDenied
+from .index_builds import drop_index
 from .models import DISTANCES, collections, memories
 from .scope import live_predicate
 from .statements import adhoc
-from .steps import Admin, Operation, Query, execute, fetch_all, fetch_one
+from .steps import Operation, Query, execute, fetch_all, fetch_one
 from .vector_index import (
     CollectionInfo,
     create_index_sql,
     create_vector_index,
-    drop_index_sql,
     drop_vector_index,
+    index_name,
     vector_index_state,
 )
 
@@ -124,7 +125,7 @@ def drop_collection(info: CollectionInfo, tenant: str | None) -> Operation[bool]
                 f"collection {info.name!r} holds memories of other tenants (or without a tenant); a "
                 f"MemoryAPI with tenant {tenant!r} may not drop it"
             )
-    yield Admin((Query(drop_index_sql(info, concurrently=True)),))
+    yield from drop_index(index_name(info))
     return bool(deleted)
 
 
