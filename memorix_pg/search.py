@@ -331,8 +331,10 @@ def _reltuples_query(info: CollectionInfo) -> Query:
 
 
 def _probe_statement(info: CollectionInfo, bits: int, where: sa.ColumnElement[bool]) -> sa.Select[int, int]:
-    """One row: the sample's size and matches."""
-    scope = collection_predicate(info)
+    """One row: the sample's size and matches, among the tenant's rows: the explicit tenant
+    keeps the probe on one Citus shard (one partition), and counts what row-level security
+    lets an application role count anyway."""
+    scope = sa.and_(collection_predicate(info), memories.c.tenant == sa.bindparam("tenant", type_=sa.Text()))
     if bits > 0:
         scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", type_=sa.LargeBinary))
     statement = sa.select(sa.func.count(), sa.func.count().filter(where)).where(scope)
