@@ -5,7 +5,9 @@ One ``memories`` table holds every collection. Its ``embedding`` column is an un
 ``vector`` so collections may use embedders of different dimensions; a collection created
 with ``precision="half"`` stores its vectors in ``embedding_half`` (``halfvec``, half the
 bytes) instead, and each row fills exactly one of the two. A memory's id is an opaque string,
-unique within its collection: the primary key is ``(collection_id, id)``. Each collection gets its own
+unique within its tenant's collection: the primary key is ``(tenant, collection_id, id)``, led by
+the tenant so the table can be distributed (Citus) or hash-partitioned by it (migration 0010;
+``''`` is "no tenant"). Each collection gets its own
 partial HNSW index over ``embedding::vector(dim)`` or ``embedding_half::halfvec(dim)`` (see
 :mod:`memorix_pg.vector_index`), which keeps a small collection's search exact and a large
 one's fast.

@@ -20,8 +20,8 @@ import pytest
 from psycopg import sql
 
 from memorix_pg import MemorixError
-from memorix_pg.database import dispose_engine
-from memorix_pg.migrate import upgrade
+from memorix_pg.database import dispose_engine, get_engine
+from memorix_pg.migrate import current_revision, downgrade, head_revision, upgrade
 from tests.support.helpers import sql_rows, sql_value, unit_vectors
 
 PARTITIONS = 4
@@ -97,6 +97,10 @@ def test_the_migration_partitions_a_new_database_by_tenant(partitioned: str) -> 
     assert keys["memories_pkey"] == "PRIMARY KEY (tenant, collection_id, id)"
     assert keys["history_pkey"] == "PRIMARY KEY (tenant, event_id)"
     assert "ON DELETE CASCADE" in keys["memories_collection_id_fkey"]
+    # The older schema cannot be partitioned: the downgrade says so and changes nothing.
+    with pytest.raises(MemorixError, match="partitioned by tenant"):
+        downgrade(url, "0008")
+    assert current_revision(get_engine(url)) == head_revision()
     # Every partition enforces the tenant policy itself (a direct read skips the parent's).
     assert (
         sql_value(
