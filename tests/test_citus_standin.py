@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from memorix_pg import MemorixError
+from memorix_pg.crypto import generate_key
 from memorix_pg.database import dispose_engine, get_engine
 from memorix_pg.migrate import current_revision, downgrade, head_revision, upgrade
 from tests.support.helpers import sql_rows, sql_value, unit_vectors
@@ -225,6 +226,24 @@ def test_every_call_works_for_each_tenant_on_tenant_partitions(make_api, partiti
         assert api.count() == N + 1 - 13 - 7 - 12 + 3 + 1 - 1
         assert api.get("m50").text == f"{tenant} memory 50"
     assert sql_value(url, "SELECT count(DISTINCT tenant) FROM memorix.history") == 3
+
+
+def test_rotate_key_and_check_recall_keep_to_the_tenant(make_api, partitioned: str) -> None:  # type: ignore[no-untyped-def]
+    """rotate_key rewrites rows by id: only this tenant's, though the other holds the same ids."""
+    alice = make_api("vault", embedder=f"hash-{DIM}", tenant="alice")
+    bob = make_api("vault", embedder=f"hash-{DIM}", tenant="bob")
+    ids = ["a", "b", "c"]
+    alice.store_batch(["alice a", "alice b", "alice c"], ids=ids)
+    bob.store_batch(["bob a", "bob b", "bob c"], ids=ids)
+    assert alice.rotate_key(generate_key()) == 3
+    rows = sql_rows(
+        partitioned, "SELECT tenant, starts_with(text, 'mxenc1:') FROM memorix.memories ORDER BY 1, id"
+    )
+    assert rows == [("alice", True)] * 3 + [("bob", False)] * 3
+    assert [m.text for m in alice.get(ids=ids)] == ["alice a", "alice b", "alice c"]
+    assert [m.text for m in bob.get(ids=ids)] == ["bob a", "bob b", "bob c"]
+    report = bob.check_recall(queries=3, top_k=2)
+    assert report.queries == 3 and report.recall == 1.0
 
 
 def test_index_builds_are_partition_aware(make_api, partitioned: str) -> None:  # type: ignore[no-untyped-def]
