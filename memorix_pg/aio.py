@@ -418,6 +418,7 @@ class AsyncMemoryAPI:
             ef_search,
             mode=mode,
             fusion=Fusion(rrf_k, vector_weight, text_weight),
+            explain=True,
         )
         return (await self._run(call))[1]
 

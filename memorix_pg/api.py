@@ -440,6 +440,7 @@ class MemoryAPI:
             ef_search,
             mode=mode,
             fusion=Fusion(rrf_k, vector_weight, text_weight),
+            explain=True,
         )
         return (self._run(call))[1]
 

@@ -22,16 +22,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
 from .errors import ConfigurationError, EmbedderMismatch, PermissionDenied
+from .index_builds import drop_index
 from .models import DISTANCES, collections, memories
 from .scope import live_predicate
 from .statements import adhoc
-from .steps import Admin, Operation, Query, execute, fetch_all, fetch_one
+from .steps import Operation, Query, execute, fetch_all, fetch_one
 from .vector_index import (
     CollectionInfo,
     create_index_sql,
     create_vector_index,
-    drop_index_sql,
     drop_vector_index,
+    index_name,
     vector_index_state,
 )
 
@@ -127,8 +128,8 @@ def drop_collection(info: CollectionInfo, tenant: str | None) -> Operation[bool]
                 f"MemoryAPI with tenant {tenant!r} may not drop it"
             )
     other_slot = dataclasses.replace(info, slot=1 - info.slot)  # a re-embedding's, if one was under way
-    yield Admin((Query(drop_index_sql(info, concurrently=True)),))
-    yield Admin((Query(drop_index_sql(other_slot, concurrently=True)),))  # one statement per round trip
+    yield from drop_index(index_name(info))
+    yield from drop_index(index_name(other_slot))
     return bool(deleted)
 
 

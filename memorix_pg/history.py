@@ -25,7 +25,7 @@ _COLUMNS = (
     history.c.event_id,
     history.c.memory_id,
     collections.c.name,
-    history.c.tenant,
+    sa.func.nullif(history.c.tenant, sa.literal_column("''")).label("tenant"),  # '' is no tenant: None
     history.c.operation,
     history.c.text_hash_before,
     history.c.text_hash_after,
@@ -57,8 +57,7 @@ class HistoryEvent:
 
 
 def _tenant(scope: Scope) -> sa.ColumnElement[bool]:
-    column: sa.ColumnElement[Any] = history.c.tenant
-    return column.is_(None) if scope.tenant is None else column == sa.bindparam("tenant")
+    return scope.tenant_rows(history)
 
 
 def _select() -> sa.Select[Any]:

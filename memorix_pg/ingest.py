@@ -4,16 +4,19 @@ A batch of up to ``COPY_MIN_ROWS`` rows is one ``INSERT ... SELECT FROM unnest(a
 statement text for any batch size, so it is prepared once and sent in one round trip. Larger
 batches use binary COPY (measured ~60k rows/s against ~3.7k for SQLAlchemy's INSERT).
 
-Rows with caller-given ids are upserted (``ON CONFLICT (collection_id, id) DO UPDATE``: ids are
-unique per collection) so that re-running an interrupted import neither loses nor duplicates
-anything; COPY cannot upsert, so those rows go through a temporary table first. A row of the
-collection held by another tenant is never taken over: the upsert skips it and the batch fails.
+Rows with caller-given ids are upserted (``ON CONFLICT (tenant, collection_id, id) DO UPDATE``:
+ids are unique per tenant and collection, and the tenant leads the key so that the table can be
+distributed by it) so that re-running an interrupted import neither loses nor duplicates
+anything; COPY cannot upsert, so those rows go through a temporary table first. The same id
+under another tenant is another memory: an upsert never reaches another tenant's row.
+``updated_at`` is taken from ``EXCLUDED`` (the row's own stamp), not ``now()``: Citus needs
+the expressions of ``DO UPDATE SET`` to be immutable.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,8 +26,8 @@ import numpy.typing as npt
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .errors import InvalidInput
 from .models import SCHEMA, TS_CONFIG_SETTING
+from .scope import stored_tenant
 from .steps import Copy, Operation, Query, execute, fetch_one
 from .vector_index import CollectionInfo, embedding_column_name, vector_value
 
@@ -65,11 +68,9 @@ def _upsert_clause(info: CollectionInfo) -> sql.Composed:
         sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
         for c in ("text", embedding_column_name(info), "metadata", "content_hash", "expires_at")
     )
-    # Never take over another tenant's row (the conflict target keeps to the collection).
     return sql.SQL(
-        "ON CONFLICT (collection_id, id) DO UPDATE SET {updates}, updated_at = now() "
-        "WHERE {table}.tenant IS NOT DISTINCT FROM EXCLUDED.tenant"
-    ).format(updates=updates, table=_TABLE)
+        "ON CONFLICT (tenant, collection_id, id) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at"
+    ).format(updates=updates)
 
 
 @functools.lru_cache(maxsize=256)
@@ -109,7 +110,7 @@ def _insert(
     params = {
         "collection_id": info.id,
         "expires_at": expires_at,
-        "tenant": tenant,
+        "tenant": stored_tenant(tenant),
         "ids": rows.ids,
         "texts": rows.texts,
         "vectors": _vector_values(info, rows.vectors),
@@ -132,11 +133,12 @@ def _copy_records(
     info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, tenant: str | None
 ) -> Iterator[tuple[Any, ...]]:
     assert rows.created_at is not None
+    owner = stored_tenant(tenant)
     for row_id, text, vector, meta, digest, created_at in zip(
         rows.ids, rows.texts, rows.vectors, rows.metadatas, rows.hashes, rows.created_at, strict=True
     ):
         value = vector_value(info, vector)
-        yield (row_id, info.id, text, value, Jsonb(meta), digest, expires_at, tenant, created_at, created_at)
+        yield (row_id, info.id, text, value, Jsonb(meta), digest, expires_at, owner, created_at, created_at)
 
 
 def _copy_rows(
@@ -191,33 +193,10 @@ def write_memories(
 ) -> Operation[None]:
     """Write ``rows`` into collection ``info`` inside the operation's transaction.
 
-    Raises InvalidInput (and the transaction rolls back) when an id of the collection belongs to
-    another tenant. ``commit``: new ids (no upsert) cannot be refused, so a small
-    batch's INSERT may carry the COMMIT in its own round trip.
+    ``commit``: new ids (no upsert) cannot conflict, so a small batch's INSERT may carry the
+    COMMIT in its own round trip.
     """
     if len(rows) >= COPY_MIN_ROWS:
-        written = yield from _copy_rows(info, rows, expires_at, upsert, tenant)
+        yield from _copy_rows(info, rows, expires_at, upsert, tenant)
     else:
-        written = yield from _insert(info, rows, expires_at, tenant, commit and not upsert)
-    if written != len(rows):
-        taken = yield from _first_taken(info.id, tenant, rows.ids)
-        raise InvalidInput(
-            f"id {taken!r:.80} is already used in collection {info.name!r} by a memory of another tenant; "
-            "nothing was stored"
-        )
-
-
-def _first_taken(collection_id: int, tenant: str | None, ids: Sequence[str]) -> Operation[str | None]:
-    """The first of ``ids`` that the refused upsert left without a row of this tenant: held by
-    another tenant. Reads only this tenant's rows, so it works under row-level security too."""
-    row = yield from fetch_one(
-        Query(
-            sql.SQL(
-                "SELECT u.id FROM unnest(%(ids)s::text[]) WITH ORDINALITY AS u(id, n) "
-                "WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.collection_id = %(cid)s AND m.id = u.id "
-                "AND m.tenant IS NOT DISTINCT FROM %(tenant)s::text) ORDER BY u.n LIMIT 1"
-            ).format(_TABLE),
-            {"ids": list(ids), "cid": collection_id, "tenant": tenant},
-        )
-    )
-    return str(row[0]) if row else None
+        yield from _insert(info, rows, expires_at, tenant, commit and not upsert)

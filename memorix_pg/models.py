@@ -5,7 +5,9 @@ One ``memories`` table holds every collection. Its ``embedding`` column is an un
 ``vector`` so collections may use embedders of different dimensions; a collection created
 with ``precision="half"`` stores its vectors in ``embedding_half`` (``halfvec``, half the
 bytes) instead, and each row fills exactly one of the two. A memory's id is an opaque string,
-unique within its collection: the primary key is ``(collection_id, id)``. Each collection gets its own
+unique within its tenant's collection: the primary key is ``(tenant, collection_id, id)``, led by
+the tenant so the table can be distributed (Citus) or hash-partitioned by it (migration 0010;
+``''`` is "no tenant"). Each collection gets its own
 partial HNSW index over ``embedding::vector(dim)`` or ``embedding_half::halfvec(dim)`` (see
 :mod:`memorix_pg.vector_index`), which keeps a small collection's search exact and a large
 one's fast.
@@ -84,16 +86,10 @@ class MemoryRecord(Base):
 
     __tablename__ = "memories"
     __table_args__ = (
-        # Ids are unique per collection: the same id may name memories of two collections.
-        PrimaryKeyConstraint("collection_id", "id", name="memories_pkey"),
+        # Ids are unique per tenant and collection; a distributed key must hold the tenant.
+        PrimaryKeyConstraint("tenant", "collection_id", "id", name="memories_pkey"),
         Index("memories_collection_created_idx", "collection_id", "created_at"),
         Index("memories_collection_hash_idx", "collection_id", "content_hash"),
-        Index(
-            "memories_collection_tenant_idx",
-            "collection_id",
-            "tenant",
-            postgresql_where=sql_text("tenant IS NOT NULL"),
-        ),
         # Full-precision collections fill ``embedding``, half-precision ones ``embedding_half``.
         # A vector per slot at most, one at least: a re-embedding fills the other slot (0009).
         CheckConstraint(
@@ -136,8 +132,9 @@ class MemoryRecord(Base):
     )
     # Set from a TTL; an expired memory is never returned or counted, and purge_expired() deletes it.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Row-level security restricts rows to the ``memorix.tenant`` setting (migration 0003).
-    tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Row-level security restricts rows to the ``memorix.tenant`` setting (migration 0003);
+    # '' is "no tenant" (migration 0010: a distribution column is never NULL).
+    tenant: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
     # The collection's text search configuration, from the ``memorix.ts_config`` setting (0008).
     ts_config: Mapped[str] = mapped_column(
         REGCONFIG, nullable=False, server_default=sql_text(TS_CONFIG_DEFAULT)
@@ -152,6 +149,7 @@ class HistoryEvent(Base):
 
     __tablename__ = "history"
     __table_args__ = (
+        PrimaryKeyConstraint("tenant", "event_id", name="history_pkey"),
         Index("history_memory_idx", "memory_id", "event_id"),
         Index("history_collection_at_idx", "collection_id", "at"),
         Index(
@@ -162,10 +160,10 @@ class HistoryEvent(Base):
         ),
     )
 
-    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True))
     collection_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     memory_id: Mapped[str | None] = mapped_column(Text(collation="C"), nullable=True)
-    tenant: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tenant: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
     operation: Mapped[str] = mapped_column(Text, nullable=False)
     text_hash_before: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     text_hash_after: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

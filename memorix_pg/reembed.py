@@ -38,12 +38,13 @@ from .crypto import PREFIX, Sealer
 from .embedders import resolve_embedder
 from .embedding import Embedding
 from .errors import ConfigurationError, EmbedderMismatch, PermissionDenied
+from .index_builds import drop_index
 from .models import SCHEMA
 from .steps import Admin, Operation, Query, ensure, execute, fetch_all, fetch_one, offload, set_local
 from .vector_index import (
     CollectionInfo,
-    drop_index_sql,
     embedding_column_name,
+    index_name,
     rebuild_concurrently,
     vector_value,
 )
@@ -161,7 +162,7 @@ def _reembed(
     if run is None:
         yield from _check_readable(info, sealer)
         new = dataclasses.replace(info, embedder=target.name, dimension=target.dim, slot=1 - info.slot)
-        yield from _admin(Query(drop_index_sql(new, concurrently=True)))  # an old run's leftover
+        yield from drop_index(index_name(new))  # an old run's leftover
         start = sql.SQL(
             "INSERT INTO {} (collection_id, embedder, dimension, slot) "
             "VALUES (%(cid)s, %(embedder)s, %(dim)s, %(slot)s)"
@@ -345,7 +346,7 @@ def _switch(new: CollectionInfo, sealer: Sealer, target: Embedding) -> Operation
 def _clear(new: CollectionInfo, batch: int) -> Operation[None]:
     """Drop the old slot's index, set its vectors to NULL a batch at a time, end the run."""
     old = dataclasses.replace(new, slot=1 - new.slot)
-    yield from _admin(Query(drop_index_sql(old, concurrently=True)))
+    yield from drop_index(index_name(old))
     old_full, old_half = _vectors(old)
     new_full, new_half = _vectors(new)
     clear = sql.SQL(

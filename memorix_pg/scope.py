@@ -2,7 +2,10 @@
 
 Every statement the core runs starts from :class:`Scope`. The collection id is rendered inline
 (the partial HNSW index's predicate must be provable, see vector_index.py); the tenant is a
-bound parameter, so the statements of every tenant share one prepared text. The tenant
+bound parameter, so the statements of every tenant share one prepared text. "No tenant" is
+stored as ``''`` (``NO_TENANT``; migration 0010), so every statement names its tenant with
+``tenant = $1``: the explicit predicate that routes a Citus query to one shard, and prunes a
+table hash-partitioned by tenant to one partition. The tenant
 predicate is the library's own check; row-level security enforces the same for roles that do
 not own the table, through the ``memorix.tenant`` setting each transaction sets with
 ``SET LOCAL``.
@@ -21,9 +24,15 @@ from .statements import Filter
 from .steps import Query, set_local
 from .vector_index import CollectionInfo, collection_literal
 
-__all__ = ["TENANT_SETTING", "Scope", "live_predicate", "tenant_settings"]
+__all__ = ["NO_TENANT", "TENANT_SETTING", "Scope", "live_predicate", "stored_tenant", "tenant_settings"]
 
 TENANT_SETTING = "memorix.tenant"
+NO_TENANT = ""  # the tenant column's value for ``tenant=None``
+
+
+def stored_tenant(tenant: str | None) -> str:
+    """The tenant column's value for the library's ``tenant`` (None: no tenant)."""
+    return NO_TENANT if tenant is None else tenant
 
 
 def live_predicate(table: Any = memories) -> sa.ColumnElement[bool]:
@@ -43,12 +52,16 @@ class Scope:
 
     @property
     def params(self) -> dict[str, Any]:
-        return {} if self.tenant is None else {"tenant": self.tenant}
+        return {"tenant": stored_tenant(self.tenant)}
 
     def rows(self, table: Any = memories) -> sa.ColumnElement[bool]:
         """This collection's rows of this tenant (or without a tenant, when none is set)."""
-        tenant = table.c.tenant.is_(None) if self.tenant is None else table.c.tenant == sa.bindparam("tenant")
-        return sa.and_(table.c.collection_id == collection_literal(self.info), tenant)
+        return sa.and_(table.c.collection_id == collection_literal(self.info), self.tenant_rows(table))
+
+    def tenant_rows(self, table: Any = memories) -> sa.ColumnElement[bool]:
+        """``table.tenant = :tenant``: every statement and join names the tenant explicitly."""
+        column: sa.ColumnElement[Any] = table.c.tenant
+        return column == sa.bindparam("tenant", type_=sa.Text())
 
     def live(self, where: Filter | sa.ColumnElement[bool] | None = None) -> sa.ColumnElement[bool]:
         """This collection's live memories of this tenant, matching ``where``."""

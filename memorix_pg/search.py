@@ -354,8 +354,10 @@ def _reltuples_query(info: CollectionInfo) -> Query:
 
 
 def _probe_statement(info: CollectionInfo, bits: int, where: sa.ColumnElement[bool]) -> sa.Select[int, int]:
-    """One row: the sample's size and matches."""
-    scope = collection_predicate(info)
+    """One row: the sample's size and matches, among the tenant's rows: the explicit tenant
+    keeps the probe on one Citus shard (one partition), and counts what row-level security
+    lets an application role count anyway."""
+    scope = sa.and_(collection_predicate(info), memories.c.tenant == sa.bindparam("tenant", type_=sa.Text()))
     if bits > 0:
         scope = sa.and_(scope, memories.c.content_hash < sa.bindparam("window", type_=sa.LargeBinary))
     statement = sa.select(sa.func.count(), sa.func.count().filter(where)).where(scope)
@@ -398,28 +400,48 @@ def _vectors(info: CollectionInfo, embeddings: bool) -> tuple[sa.ColumnElement[A
 def _with_columns(
     info: CollectionInfo, nearest: sa.Subquery, embeddings: bool, *extra: sa.ColumnElement[Any]
 ) -> sa.Select[Any]:
-    """The result columns of the ``nearest`` rows (ids and distances), joined by primary key
-    (collection and id: the same id may name a memory of another collection).
+    """The result columns of the ``nearest`` rows (tenants, ids and distances), joined by primary
+    key (tenant, collection and id: the same id may name a memory of another collection or
+    tenant; the tenant in the join keeps it on one Citus shard).
 
     Ranking carries only ids and distances: a search reads the text and metadata of k rows, not
     of every row it ranks (fetching them for the 4k rows of a walk cost ~0.7 ms at k=10).
     """
     return (
         sa.select(*_RESULT_COLUMNS, nearest.c.distance, *_vectors(info, embeddings), *extra)
-        .join_from(nearest, memories, sa.and_(collection_predicate(info), memories.c.id == nearest.c.id))
+        .join_from(
+            nearest,
+            memories,
+            sa.and_(
+                memories.c.tenant == nearest.c.tenant,
+                collection_predicate(info),
+                memories.c.id == nearest.c.id,
+            ),
+        )
         .order_by(nearest.c.distance)
     )
 
 
 def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
+    """The k nearest matching rows by distance. Ordering by ``distance + 0`` keeps the planner
+    off the HNSW index (which can only serve the bare operator): every matching row comes from
+    the btree/GIN indexes and is ranked exactly. No window aggregate: on Citus one pulls every
+    matching row to the coordinator; the matches are counted by a statement of their own."""
     distance = distance_expression(info, None)
     matching = (
-        sa.select(memories.c.id, distance.label("distance"), sa.func.count().over().label("total"))
+        sa.select(memories.c.tenant, memories.c.id, distance.label("distance"))
         .where(where)
         .subquery("matching")
     )
-    nearest = sa.select(matching).order_by(matching.c.distance).limit(sa.bindparam("k")).subquery("nearest")
-    return _with_columns(info, nearest, embeddings, nearest.c.total)
+    nearest = (
+        sa.select(matching).order_by(matching.c.distance + 0.0).limit(sa.bindparam("k")).subquery("nearest")
+    )
+    return _with_columns(info, nearest, embeddings)
+
+
+def _matches_statement(where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """How many rows the exact scan ranked (``SearchPlan.matches_counted``)."""
+    return sa.select(sa.func.count()).select_from(memories).where(where)
 
 
 def _direct_statement(
@@ -440,7 +462,7 @@ def _direct_statement(
 def _hnsw_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
     distance = distance_expression(info, None)
     walk = (
-        sa.select(memories.c.id, distance.label("distance"))
+        sa.select(memories.c.tenant, memories.c.id, distance.label("distance"))
         .where(where)
         .order_by(distance)
         .limit(sa.bindparam("fetch"))
@@ -470,15 +492,19 @@ def _exact(
     params: dict[str, Any],
     settings: Any,
     embeddings: bool,
-) -> Operation[tuple[Rows, int]]:
-    """The k nearest matching rows ranked exactly, and the number of matches. The window count
-    keeps the planner off the HNSW index: every matching row comes from the btree/GIN indexes."""
+    count: bool,
+) -> Operation[tuple[Rows, int | None]]:
+    """The k nearest matching rows ranked exactly, and, when ``count`` (to explain a search), the
+    number of matches: a second statement in the same round trip, which reads the matches again."""
     info = scope.info
     query = cached(
         ("exact", scope.key, embeddings), lambda _: _exact_statement(info, where(), embeddings), f, params
     )
-    rows = (yield from execute(query, final=True, settings=settings))[0].rows
-    return [r[:-1] for r in rows], int(rows[0][-1]) if rows else 0
+    if not count:
+        return (yield from execute(query, final=True, settings=settings))[0].rows, None
+    matches = cached(("exact matches", scope.key), lambda _: _matches_statement(where()), f, params)
+    ranked, counted = yield from execute(query, matches, final=True, settings=settings)
+    return ranked.rows, int(counted.rows[0][0])
 
 
 # -- the planner ------------------------------------------------------------------------------
@@ -495,6 +521,7 @@ def search(
     ef_search: int | None = None,
     check_traps: bool = True,
     embeddings: bool = False,
+    explain: bool = False,
 ) -> Operation[tuple[Rows, SearchPlan]]:
     """The ``k`` rows nearest to ``query`` among the live rows of ``scope`` matching ``f``, as
     (id, text, metadata, created_at, updated_at, distance[, embedding]), and the plan used.
@@ -502,12 +529,13 @@ def search(
     ``exact`` forces a path (True: the exact scan; False: HNSW, which still falls back to the
     exact scan if it comes back short); ``ef_search`` replaces the computed ``hnsw.ef_search``
     (clamped to k..1000). ``check_traps=False`` returns the walk's answer unchecked (to measure it).
+    ``explain``: an exact scan also counts its matches (``SearchPlan.matches_counted``).
     """
     info = scope.info
     where = _live(scope, f)
     params = {**scope.params, QUERY_VECTOR: QueryVector(query, info.index_type == "halfvec"), "k": k}
     if exact is True:
-        rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
+        rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings, explain)
         return rows, SearchPlan("exact", "forced by exact=True", counted)
 
     estimate_key = (scope.key, scope.tenant, f.shape, f.values)
@@ -526,7 +554,7 @@ def search(
         return SearchPlan(path, why, counted, ef, p.estimated, p.selectivity, p.sampled, trapped)
 
     if exact is None and p.use_exact:
-        rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
+        rows, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings, explain)
         if p.estimated <= EXACT_ROWS:
             why = f"{facts}: at most {EXACT_ROWS}: exact scan"
         else:
@@ -593,13 +621,13 @@ def search(
             still = _missed(None, query, rows, k, confirmed)
         if len(rows) >= k and not still:
             return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef, trapped=True)
-        fallback, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
+        fallback, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings, explain)
         return fallback, plan("exact", f"{reason}, trapped again: exact scan", counted, ef, trapped=True)
     if len(rows) >= k:
         return rows, plan("hnsw", reason, p.estimated if p.whole else None, ef)
     # The walk came back short (it hit max_scan_tuples, or the sample misled): only the exact
     # scan knows whether more rows match.
-    fallback, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings)
+    fallback, counted = yield from _exact(scope, f, where, params, _settings(None), embeddings, explain)
     if len(fallback) > len(rows):
         return fallback, plan(
             "exact", f"{reason}, which returned {len(rows)} < {k} rows: exact scan", counted, ef

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql.elements import Grouping
 
+from .index_builds import build_concurrently, drop_index, memories_partitions
 from .models import SCHEMA, memories
 from .query_vector import QueryVectorType
 from .steps import Admin, Operation, Query, Result, ensure
@@ -50,8 +51,10 @@ __all__ = [
     "drop_vector_index",
     "embedding_column_name",
     "graph_for",
+    "index_definition",
     "index_name",
     "index_state",
+    "index_state_of",
     "metadata_index_name",
     "rebuild_concurrently",
     "repair",
@@ -200,16 +203,22 @@ def score_from_distance(distance: str, value: float) -> float:
 def create_index_sql(info: CollectionInfo, *, concurrently: bool = False, rows: int = 0) -> sql.Composed:
     """``CREATE INDEX ... USING hnsw`` for the collection (no-op when it exists), its graph sized
     for ``rows`` rows."""
-    kind = info.index_type
-    m, ef_construction = graph_for(rows)
-    return sql.SQL(
-        "CREATE INDEX {how}IF NOT EXISTS {name} ON {table} USING hnsw "
-        "(({column}::{kind}({dim})) {opclass}) WITH (m = {m}, ef_construction = {efc}) "
-        "WHERE collection_id = {cid}"
-    ).format(
+    return sql.SQL("CREATE INDEX {how}IF NOT EXISTS {name} ON {table} {definition}").format(
         how=sql.SQL("CONCURRENTLY " if concurrently else ""),
         name=sql.Identifier(index_name(info)),
         table=sql.Identifier(SCHEMA, "memories"),
+        definition=index_definition(info, rows),
+    )
+
+
+def index_definition(info: CollectionInfo, rows: int = 0) -> sql.Composed:
+    """The collection's HNSW index after ``ON <table>``: method, expression, graph, predicate."""
+    kind = info.index_type
+    m, ef_construction = graph_for(rows)
+    return sql.SQL(
+        "USING hnsw (({column}::{kind}({dim})) {opclass}) WITH (m = {m}, ef_construction = {efc}) "
+        "WHERE collection_id = {cid}"
+    ).format(
         column=sql.Identifier(embedding_column_name(info)),
         kind=_TYPE_SQL[kind],
         dim=sql.Literal(int(info.dimension)),
@@ -254,6 +263,10 @@ def create_expression_index(
     escapes the values as literals). The index is declared on a throwaway table object so the
     models' metadata never gains it. An invalid leftover of an interrupted build is replaced.
     """
+    partitions = yield from memories_partitions()
+    if partitions:
+        yield from _expression_index_on_partitions(name, build, partitions)
+        return
     column = sa.Column("metadata", JSONB)
     # Parenthesised: CREATE INDEX takes a bare function call but not a bare CASE.
     index = sa.Index(name, Grouping(build(column)), postgresql_concurrently=True)
@@ -269,6 +282,26 @@ def create_expression_index(
     if state == "invalid":
         yield Admin((Query(drop.encode(), {}),))
     yield Admin((Query(create.encode(), {}),))
+
+
+def _expression_index_on_partitions(
+    name: str, build: Callable[[ColumnElement[Any]], ColumnElement[Any]], partitions: list[str]
+) -> Operation[None]:
+    """The expression index of a partitioned table, built partition by partition (index_builds)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    # DDL takes no parameters: the values are rendered as escaped literals (a % doubled, which
+    # psycopg turns back into one as the statement is sent with empty parameters).
+    expression = Grouping(build(sa.column("metadata", JSONB))).compile(
+        dialect=dialect, compile_kwargs={"literal_binds": True}
+    )
+    if (yield from index_state_of(name)) == "invalid":
+        yield from drop_index(name)
+    yield from build_concurrently(name, sql.SQL("({})").format(sql.SQL(str(expression))), partitions)
+
+
+def index_state_of(name: str) -> Operation[str]:
+    """``"valid"``, ``"invalid"`` or ``"missing"``: the index ``name`` of the schema."""
+    return _state((yield Admin((index_state_query(name),)))[0].rows)
 
 
 _INDEX_STATE = (
@@ -330,21 +363,31 @@ def rebuild_concurrently(info: CollectionInfo, rows: int) -> Operation[None]:
     list (left to autovacuum, it costs every filtered search 1-2 ms until then).
     """
     if (yield from index_state(info)) == "invalid":
-        yield from _admin(Query(drop_index_sql(info, concurrently=True)))
+        yield from drop_index(index_name(info))
+    partitions = yield from memories_partitions()
     yield from _admin(
         Query(b"SELECT set_config('maintenance_work_mem', %(v)s, false)", {"v": BULK_MAINTENANCE_MEM})
     )
-    yield from ensure(
-        _admin(Query(create_index_sql(info, concurrently=True, rows=rows))),
-        lambda: _admin(Query(b"RESET maintenance_work_mem")),
+    build = (
+        build_concurrently(index_name(info), index_definition(info, rows), partitions)
+        if partitions
+        else _admin(Query(create_index_sql(info, concurrently=True, rows=rows)))
     )
+    yield from ensure(build, lambda: _admin(Query(b"RESET maintenance_work_mem")))
     yield from _admin(Query(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, "memories"))))
     try:
-        yield from _admin(
-            Query(b"SELECT gin_clean_pending_list(to_regclass(%(i)s))", {"i": METADATA_GIN_INDEX})
-        )
+        yield from _admin(Query(_CLEAN_GIN, {"i": METADATA_GIN_INDEX}))
     except pg_errors.InsufficientPrivilege:
         pass  # only the table's owner may merge it
+
+
+# The index itself, or on a partitioned table each partition's index (relkind 'i'; the
+# partitioned parent, 'I', holds no entries).
+_CLEAN_GIN = (
+    b"SELECT gin_clean_pending_list(x.oid) FROM (SELECT to_regclass(%(i)s)::oid AS oid UNION ALL "
+    b"SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent = to_regclass(%(i)s)) x "
+    b"JOIN pg_catalog.pg_class c ON c.oid = x.oid WHERE c.relkind = 'i'"
+)
 
 
 def _rebuild_if_allowed(info: CollectionInfo) -> Operation[None]:
@@ -368,7 +411,7 @@ def repair(info: CollectionInfo) -> Operation[None]:
 
 
 def _load_without_index(info: CollectionInfo, load: Operation[T], rows: int) -> Operation[T]:
-    yield from _admin(Query(drop_index_sql(info, concurrently=True)))
+    yield from drop_index(index_name(info))
     return (yield from ensure(load, lambda: rebuild_concurrently(info, rows), rollback=True))
 
 

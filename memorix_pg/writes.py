@@ -298,7 +298,8 @@ def rotate(scope: Scope, old: Sealer, new: Sealer, batch: int) -> Operation[int]
         sql.SQL(
             "UPDATE {table} AS m SET text = u.text, metadata = u.metadata, content_hash = u.hash "
             "FROM unnest(%(ids)s::text[], %(texts)s::text[], %(metas)s::jsonb[], %(hashes)s::bytea[]) "
-            "AS u(id, text, metadata, hash) WHERE m.collection_id = %(cid)s AND m.id = u.id"
+            "AS u(id, text, metadata, hash) "
+            "WHERE m.tenant = %(tenant)s AND m.collection_id = %(cid)s AND m.id = u.id"
         ).format(table=sql.Identifier(SCHEMA, "memories")),
     )
     for start in range(0, len(rows), batch):
@@ -315,6 +316,7 @@ def rotate(scope: Scope, old: Sealer, new: Sealer, batch: int) -> Operation[int]
             "metas": metas,
             "hashes": hashes,
             "cid": scope.info.id,
+            **scope.params,
         }
         yield from execute(Query(rewrite.text, params))
     yield from execute(final=True)

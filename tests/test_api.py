@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import psycopg
 import pytest
 
 from memorix_pg import (
@@ -20,7 +21,7 @@ from memorix_pg import (
     MemoryNotFound,
     SentenceTransformerEmbedder,
 )
-from tests.support.helpers import CountingEmbedder, sql_rows, sql_value, unit_vectors
+from tests.support.helpers import CountingEmbedder, rejecting_text, sql_rows, sql_value, unit_vectors
 
 HASH_DIM = 384
 
@@ -176,17 +177,16 @@ def test_store_batch_with_one_invalid_item_writes_nothing(make_api, overrides: d
 
 @pytest.mark.parametrize("size", [2, 300, 6_000], ids=["insert", "copy", "copy-deferred-index"])
 def test_store_batch_rolls_back_when_the_database_rejects_one_row(make_api, size: int) -> None:
-    """An id held by another tenant of the collection is only found by the write itself: the rows
-    written before it must be rolled back (and a dropped-for-the-load HNSW index restored)."""
-    other = make_api("shared", tenant="other")
-    taken = other.store("belongs to other")
+    """A row the database itself refuses (here a CHECK constraint) is only found by the write:
+    the rows written before it must be rolled back (and a dropped-for-the-load HNSW index restored)."""
     api = make_api("shared", tenant="mine")
-    ids = [str(uuid.uuid4()) for _ in range(size - 1)] + [taken]
-    with pytest.raises(InvalidInput, match=f"id '{taken}' .* another tenant"):
-        api.store_batch([f"row {i}" for i in range(size)], ids=ids)
+    other = make_api("shared", tenant="other")
+    kept = other.store("belongs to other")
+    with rejecting_text(api.database_url, "refused"), pytest.raises(psycopg.errors.CheckViolation):
+        api.store_batch([f"row {i}" for i in range(size - 1)] + ["refused"])
     assert api.count() == 0
     assert "USING hnsw" in (hnsw_indexdef(api) or "")
-    assert other.get(taken).text == "belongs to other"  # type: ignore[union-attr]
+    assert other.get(kept).text == "belongs to other"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("size", [3, 300], ids=["insert", "copy"])

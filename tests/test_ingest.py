@@ -20,7 +20,7 @@ from memorix_pg.database import get_engine
 from memorix_pg.embedding import EMBED_BATCH
 from memorix_pg.ingest import COPY_MIN_ROWS
 from memorix_pg.runner import watch_statements
-from tests.support.helpers import CountingEmbedder, unit_vectors
+from tests.support.helpers import CountingEmbedder, rejecting_text, unit_vectors
 
 
 def sql(url: str, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -170,22 +170,22 @@ def test_a_batch_error_names_the_item(make_api, field, value):
 
 
 @pytest.mark.parametrize("n", [10, 1000])  # INSERT and COPY (through the staging table)
-def test_an_id_taken_by_another_tenant_stores_nothing(make_api, database_url, n):
+def test_an_id_of_another_tenant_is_this_tenants_own_memory(make_api, database_url, n):
+    """Ids are unique per tenant and collection: the other tenant's memory is never reached."""
     owner = make_api("shared", tenant="owner")
     taken = owner.store("belongs to owner", {"owner": True})
     api = make_api("shared", tenant="intruder")
     ids = [str(uuid.uuid4()) for _ in range(n)]
     ids[n // 2] = taken
-    with pytest.raises(InvalidInput, match=taken):
-        api.store_batch([f"intruder {i}" for i in range(n)], ids=ids)
-    assert api.count() == 0 and table_rows(database_url, api.collection_id) == 1
+    assert api.store_batch([f"intruder {i}" for i in range(n)], ids=ids) == ids
+    assert api.count() == n and table_rows(database_url, api.collection_id) == n + 1
+    assert api.get(taken).text == f"intruder {n // 2}"
     m = owner.get(taken)
     assert m.text == "belongs to owner" and m.metadata == {"owner": True}
     assert owner.count() == 1
-    # The single-store path too.
-    with pytest.raises(InvalidInput):
-        api.store("steal it", id=taken)
-    assert owner.get(taken).text == "belongs to owner"
+    # The single-store path too: it replaces the intruder's own memory of that id.
+    assert api.store("its own again", id=taken) == taken
+    assert api.get(taken).text == "its own again" and owner.get(taken).text == "belongs to owner"
 
 
 # -- idempotent upserts by id -----------------------------------------------------------------------
@@ -290,16 +290,13 @@ def test_bulk_load_builds_the_hnsw_index_once_and_search_uses_it(make_api, datab
 
 
 def test_a_failed_bulk_load_keeps_the_index(make_api, database_url):
-    owner = make_api("bulk_fail", tenant="owner")
-    taken = owner.store("mine")
     api = make_api("bulk_fail", tenant="loader")
     cid = api.collection_id
     before = hnsw_index_oid(database_url, cid)
     n = 5200
-    ids = [str(uuid.uuid4()) for _ in range(n)]
-    ids[-1] = taken
-    with pytest.raises(InvalidInput):
-        api.store_batch([f"x {i}" for i in range(n)], ids=ids, embeddings=unit_vectors(n, seed=9))
+    texts = [f"x {i}" for i in range(n - 1)] + ["refused"]
+    with rejecting_text(database_url, "refused"), pytest.raises(psycopg.errors.CheckViolation):
+        api.store_batch(texts, embeddings=unit_vectors(n, seed=9))
     assert api.count() == 0
     after = hnsw_index_oid(database_url, cid)
     assert before is not None and after is not None  # the index is there after the failed load

@@ -151,8 +151,13 @@ def test_a_database_at_0004_upgrades_and_every_row_reads_back(database_url: str)
             database_url,
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'memories_pkey'",
         )
-        == "PRIMARY KEY (collection_id, id)"
+        == "PRIMARY KEY (tenant, collection_id, id)"
     )
+    # 0010: "no tenant" is '' (a distribution column is never NULL).
+    assert sql_rows(database_url, "SELECT tenant, count(*) FROM memorix.memories GROUP BY 1 ORDER BY 1") == [
+        ("", 4),
+        ("alice", 1),
+    ]
     assert (
         sql_value(
             database_url,
@@ -238,3 +243,45 @@ def test_downgrade_below_0005_needs_uuid_ids_each_in_one_collection(database_url
     forget_database(database_url)
     upgrade(database_url)  # and up again
     assert MemoryAPI(embedder="hash-16", collection_name="notes", database_url=database_url).count() == 2
+
+
+# -- 0010: the Citus-ready key ---------------------------------------------------------------
+
+
+def test_downgrade_below_0010_restores_null_tenants_and_needs_ids_unique_per_collection(
+    database_url: str,
+) -> None:
+    upgrade(database_url)
+    plain = MemoryAPI(embedder="hash-16", collection_name="notes", database_url=database_url)
+    alice = MemoryAPI(embedder="hash-16", collection_name="notes", database_url=database_url, tenant="alice")
+    plain.store("a note without a tenant", id="n1")
+    alice.store("alice's note under the same id", id="n1")
+    alice.store("alice's other note", id="n2")
+    assert sql_value(database_url, "SELECT count(*) FROM memorix.history WHERE tenant = ''") == 1
+    with pytest.raises(MemorixError, match=re.escape("1 ids are used by more than one tenant") + ".*'n1'"):
+        downgrade(database_url, "0008")
+    assert current_revision(get_engine(database_url)) == head_revision()
+    alice.delete("n1")
+
+    downgrade(database_url, "0008")
+    assert current_revision(get_engine(database_url)) == "0008"
+    assert sql_rows(database_url, "SELECT id, tenant FROM memorix.memories ORDER BY id") == [
+        ("n1", None),
+        ("n2", "alice"),
+    ]
+    assert (
+        sql_value(
+            database_url,
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'memories_pkey'",
+        )
+        == "PRIMARY KEY (collection_id, id)"
+    )
+    assert sql_value(database_url, "SELECT count(*) FROM memorix.history WHERE tenant IS NULL") == 1
+    assert sql_value(database_url, "SELECT sum(memories) FROM memorix.collection_stats") == 2
+    forget_database(database_url)
+    upgrade(database_url)  # and up again: the same rows, keyed by tenant
+    assert sql_rows(database_url, "SELECT id, tenant FROM memorix.memories ORDER BY id") == [
+        ("n1", ""),
+        ("n2", "alice"),
+    ]
+    assert [m.id for m in alice.list()] == ["n2"] and plain.get("n1") is not None

@@ -66,6 +66,7 @@ class Retrieval(CoreBase):
         fetch_k: int | None = None,
         lambda_mult: float = 0.5,
         reranker: Reranker | None = None,
+        explain: bool = False,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         check_int(top_k, "top_k", 1, MAX_TOP_K)
         if mode not in MODES:
@@ -111,6 +112,7 @@ class Retrieval(CoreBase):
             fused,
             ranks,
             scores,
+            explain,
         )
         if not reranking and floor is None:
             return call
@@ -161,6 +163,7 @@ class Retrieval(CoreBase):
         fused: Fusion,
         ranks: bool,
         scores: Scoring,
+        explain: bool = False,
     ) -> Call[tuple[list[Memory], SearchPlan]]:
         vectors = check_bool(include_embeddings, "include_embeddings")
         if ef_search is not None:
@@ -184,7 +187,15 @@ class Retrieval(CoreBase):
             if scores.active:
                 return (yield from self._scored(scope, f, q, top_k, scores, exact, ef_search, vectors, ranks))
             rows, plan = yield from search(
-                scope, self.planner, f, q, top_k, exact=exact, ef_search=ef_search, embeddings=vectors
+                scope,
+                self.planner,
+                f,
+                q,
+                top_k,
+                exact=exact,
+                ef_search=ef_search,
+                embeddings=vectors,
+                explain=explain,
             )
             distance = scope.info.distance
             return [

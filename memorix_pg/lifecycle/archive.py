@@ -1,8 +1,8 @@
 """Archive: move matching memories to another collection in one UPDATE, embeddings kept.
 
-A moved memory keeps its id. Ids are unique per collection, so a memory of the target with the
-same id (and the same tenant) is replaced, as storing with that id would; one of another tenant
-is never touched, and the archive fails instead.
+A moved memory keeps its id. Ids are unique per tenant and collection, so a memory of the
+target with the same id and tenant is replaced, as storing with that id would; another tenant's
+memories are never touched (the same id under another tenant is another memory).
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import dataclasses
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg import errors as pg_errors
 
-from ..errors import InvalidInput
 from ..models import memories
 from ..reads import bounded_count
 from ..scope import Scope
@@ -49,7 +47,9 @@ def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
         ("archive replaces", scope.key, target),
         lambda _: sa.delete(held).where(  # type: ignore[arg-type]
             Scope(target, scope.tenant).rows(held),
-            held.c.id.in_(sa.select(memories.c.id).where(scope.live(f))),
+            sa.tuple_(held.c.tenant, held.c.id).in_(
+                sa.select(memories.c.tenant, memories.c.id).where(scope.live(f))
+            ),
         ),
         f,
         params,
@@ -69,13 +69,7 @@ def _move(scope: Scope, f: Filter, target: CollectionInfo) -> Operation[int]:
         f,
         params,
     )
-    try:
-        results = yield from execute(replace, move, final=True)
-    except pg_errors.UniqueViolation:
-        raise InvalidInput(
-            f"archive to {target.name!r}: a memory being moved has the id of a memory of another tenant "
-            "there; nothing was moved"
-        ) from None
+    results = yield from execute(replace, move, final=True)
     return int(results[1].rowcount)
 
 

@@ -24,10 +24,10 @@ from .summary import CompressionReport, Summarizer, extractive_summary, shared_m
 
 __all__ = ["compress"]
 
-# Ids are unique per collection only: the collection is part of the key.
-_DELETE_IDS = sql.SQL("DELETE FROM {} WHERE collection_id = %(cid)s AND id = ANY(%(ids)s::text[])").format(
-    sql.Identifier(SCHEMA, "memories")
-)
+# Ids are unique per tenant and collection only: both are part of the key.
+_DELETE_IDS = sql.SQL(
+    "DELETE FROM {} WHERE tenant = %(tenant)s AND collection_id = %(cid)s AND id = ANY(%(ids)s::text[])"
+).format(sql.Identifier(SCHEMA, "memories"))
 _NOT_SUMMARY = sa.not_(
     memories.c.metadata.op("@>", is_comparison=True)(sa.literal_column("""'{"compressed": true}'::jsonb"""))
 )
@@ -117,7 +117,7 @@ def compress(
         # A summary of memories that all expire lives as long as the last of them.
         expires = None if any(r[4] is None for r in rows) else max(r[4] for r in rows)
         yield from write_memories(scope.info, new, expires_at=expires, upsert=False, tenant=scope.tenant)
-        delete = Query(_DELETE_IDS, {"cid": scope.info.id, "ids": [r[0] for r in rows]})
+        delete = Query(_DELETE_IDS, {**scope.params, "cid": scope.info.id, "ids": [r[0] for r in rows]})
         yield from execute(delete, final=True)
         summary_ids.append(summary_id)
         compressed += len(rows)

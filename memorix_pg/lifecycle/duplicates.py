@@ -31,7 +31,7 @@ def _statement(scope: Scope, neighbours: int) -> sa.Select[Any]:
     )(typed_embedding(info, stored_embedding(info, a)))
     near = (
         sa.select(b.c.id, b.c.text, distance.label("d"))
-        .where(scope.rows(b), b.c.id != a.c.id, live_predicate(b))
+        .where(scope.rows(b), b.c.tenant == a.c.tenant, b.c.id != a.c.id, live_predicate(b))
         .order_by(distance)
         .limit(neighbours)
         .lateral("near")

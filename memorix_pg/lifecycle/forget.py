@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import collections, history, memories
+from ..scope import stored_tenant
 from ..statements import Filter, adhoc
 from ..steps import Operation, fetch_one
 
@@ -51,7 +52,7 @@ def _tenant_rows(table: Any, tenant: str | None, every_tenant: bool) -> sa.Colum
     if every_tenant and tenant is None:
         return sa.true()
     column: sa.ColumnElement[Any] = table.c.tenant
-    return column.is_(None) if tenant is None else column == sa.bindparam("tenant")
+    return column == sa.bindparam("tenant", type_=sa.Text())
 
 
 def forget(
@@ -74,30 +75,37 @@ def forget(
     where = [f.expression, _tenant_rows(memories, tenant, every_tenant)]
     if collection_id is not None:
         where.append(memories.c.collection_id == sa.bindparam("cid"))
-    base = sa.select(memories.c.collection_id, memories.c.id).where(*where)
+    # Rows are named by their key (tenant, collection, id); a summary is of its sources' tenant.
+    base = sa.select(memories.c.tenant, memories.c.collection_id, memories.c.id).where(*where)
     doomed = base.cte("doomed", recursive=True)
     summary = memories.alias("s")
     derived = (
-        sa.select(summary.c.collection_id, summary.c.id)
-        .join(doomed, summary.c.metadata["source_ids"].op("?")(doomed.c.id))
+        sa.select(summary.c.tenant, summary.c.collection_id, summary.c.id)
+        .join(
+            doomed,
+            sa.and_(
+                summary.c.tenant == doomed.c.tenant, summary.c.metadata["source_ids"].op("?")(doomed.c.id)
+            ),
+        )
         .where(
             summary.c.metadata.op("@>", is_comparison=True)(_SUMMARY),
             _tenant_rows(summary, tenant, every_tenant),
         )
     )
     doomed = doomed.union(derived)
-    targets = sa.select(doomed.c.collection_id, doomed.c.id)
+    targets = sa.select(doomed.c.tenant, doomed.c.collection_id, doomed.c.id)
+    key = sa.tuple_(memories.c.tenant, memories.c.collection_id, memories.c.id)
     is_summary = memories.c.metadata.op("@>", is_comparison=True)(_SUMMARY)
     if dry_run:
         gone = (
             sa.select(memories.c.collection_id, is_summary.label("summary"))
-            .where(sa.tuple_(memories.c.collection_id, memories.c.id).in_(targets))
+            .where(key.in_(targets))
             .cte("gone")
         )
     else:
         gone = (
             sa.delete(memories)
-            .where(sa.tuple_(memories.c.collection_id, memories.c.id).in_(targets))
+            .where(key.in_(targets))
             .returning(memories.c.collection_id, is_summary.label("summary"))
             .cte("gone")
         )
@@ -113,12 +121,15 @@ def forget(
     )
     # Every event of a memory one of whose documents named the subject (its later delete or
     # compress event carries no document), and every event of the memories removed now.
-    named = sa.select(history.c.memory_id).where(in_history, _tenant_rows(history, tenant, every_tenant))
+    named = sa.select(history.c.tenant, history.c.memory_id).where(
+        in_history, _tenant_rows(history, tenant, every_tenant)
+    )
+    event_of = sa.tuple_(history.c.tenant, history.c.memory_id)
     tomb_where = sa.and_(
         sa.or_(
             in_history,
-            history.c.memory_id.in_(named),
-            history.c.memory_id.in_(sa.select(doomed.c.id)),
+            event_of.in_(named),
+            event_of.in_(sa.select(doomed.c.tenant, doomed.c.id)),
         ),
         _tenant_rows(history, tenant, every_tenant),
         history.c.forgotten.is_(False),
@@ -148,8 +159,8 @@ def forget(
         sa.select(sa.func.count()).select_from(tombs).scalar_subquery(),
     )
     params: dict[str, Any] = {}
-    if tenant is not None:
-        params["tenant"] = tenant
+    if tenant is not None or not every_tenant:
+        params["tenant"] = stored_tenant(tenant)
     if collection_id is not None:
         params["cid"] = collection_id
     row = yield from fetch_one(adhoc(statement, params), final=True)

@@ -230,3 +230,18 @@ def nested(depth: int, leaf: Any = 1, key: str = "k") -> Any:
     for _ in range(depth):
         value = {key: value}
     return value
+
+
+@contextlib.contextmanager
+def rejecting_text(url: str, text: str) -> Iterator[None]:
+    """While the block runs, the database refuses any memory whose text is ``text`` (a CHECK
+    constraint added as the owner): a row rejected by the database itself, mid-batch."""
+    check = psycopg.sql.SQL(
+        "ALTER TABLE memorix.memories ADD CONSTRAINT test_rejected_text CHECK (text <> {})"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(check.format(psycopg.sql.Literal(text)))  # DDL takes no parameters
+    try:
+        yield
+    finally:
+        sql_exec(url, "ALTER TABLE memorix.memories DROP CONSTRAINT test_rejected_text")
