@@ -286,9 +286,12 @@ def test_updates_and_deletes_replicate_when_the_replica_identity_can_cover_the_t
             )
         identity_during = "d"
     else:
-        # A table without stored generated columns (PostgreSQL 17 and older do not check them):
-        # the move sets REPLICA IDENTITY FULL, and puts the default back afterwards.
+        # A key without ``tenant`` (the layout before migration 0010) on a table without stored
+        # generated columns (PostgreSQL 17 and older do not check them): the move sets REPLICA
+        # IDENTITY FULL, and puts the default back afterwards.
         sql_exec(source, "ALTER TABLE memorix.memories DROP COLUMN text_search")
+        sql_exec(source, "ALTER TABLE memorix.memories DROP CONSTRAINT memories_pkey")
+        sql_exec(source, "ALTER TABLE memorix.memories ADD PRIMARY KEY (collection_id, id)")
         identity_during = "f"
     with _WriterDuringCopy(
         source, destination, notes_a[0], notes_b[0], notes_a[1], wait_for_arrival=True
