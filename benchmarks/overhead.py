@@ -62,7 +62,7 @@ class HandWritten:
             "cid": sql.Literal(cid),
             "dim": sql.Literal(DIM),
             "live": sql.SQL(
-                "collection_id = {} AND tenant IS NULL AND (expires_at IS NULL OR expires_at > now())"
+                "collection_id = {} AND tenant = '' AND (expires_at IS NULL OR expires_at > now())"
             ).format(sql.Literal(cid)),
             "columns": sql.SQL("m.id, m.text, m.metadata, m.created_at"),
             "filter": sql.SQL(""),
@@ -83,7 +83,7 @@ class HandWritten:
             "(SELECT id, embedding::vector({dim}) <=> %(q)s AS d "
             "FROM memorix.memories WHERE {live} {filter} ORDER BY embedding::vector({dim}) <=> %(q)s "
             "LIMIT 40) w ORDER BY d + 0 LIMIT 10) n "
-            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.id = n.id ORDER BY n.d"
+            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.tenant = '' AND m.id = n.id ORDER BY n.d"
         )
         self.direct_sql = statement(
             "SELECT id, text, metadata, created_at, embedding::vector({dim}) <=> %(q)s AS d "
@@ -93,7 +93,7 @@ class HandWritten:
         self.exact_sql = statement(
             "SELECT {columns}, n.d FROM (SELECT id, embedding::vector({dim}) <=> %(q)s AS d "
             "FROM memorix.memories WHERE {live} AND metadata @> %(doc)s OFFSET 0) n "
-            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.id = n.id ORDER BY n.d LIMIT 10"
+            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.tenant = '' AND m.id = n.id ORDER BY n.d LIMIT 10"
         )
 
     def get(self, row_id: str) -> Any:

@@ -74,9 +74,13 @@ def _upsert_clause(info: CollectionInfo) -> sql.Composed:
 
 
 @functools.lru_cache(maxsize=256)
-def _insert_sql(info: CollectionInfo) -> bytes:
+def _insert_sql(info: CollectionInfo, upsert: bool) -> bytes:
     """One statement for any batch of up to COPY_MIN_ROWS rows (composed once per collection).
-    The vectors go as a binary array (``%b``): formatting them as text cost ~0.13 ms a row."""
+    The vectors go as a binary array (``%b``): formatting them as text cost ~0.13 ms a row.
+
+    Rows with ids the library generated (UUID4) cannot conflict, so they are inserted without
+    ``ON CONFLICT``: an upsert fires the UPDATE history trigger too, measured at +1.5 ms for a
+    one-row store (2.66 ms against 1.11)."""
     vector_type = sql.SQL("halfvec[]" if info.precision == "half" else "vector[]")
     return (
         sql.SQL(
@@ -94,7 +98,7 @@ def _insert_sql(info: CollectionInfo) -> bytes:
             table=_TABLE,
             columns=sql.SQL(", ").join(map(sql.Identifier, _columns(info))),
             vector_type=vector_type,
-            upsert=_upsert_clause(info),
+            upsert=_upsert_clause(info) if upsert else sql.SQL(""),
         )
         .as_bytes(None)
     )
@@ -105,7 +109,12 @@ def _vector_values(info: CollectionInfo, vectors: npt.NDArray[np.float32]) -> li
 
 
 def _insert(
-    info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, tenant: str | None, commit: bool
+    info: CollectionInfo,
+    rows: MemoryRows,
+    expires_at: datetime | None,
+    tenant: str | None,
+    commit: bool,
+    upsert: bool,
 ) -> Operation[int]:
     params = {
         "collection_id": info.id,
@@ -119,7 +128,7 @@ def _insert(
         # clock_timestamp() per row when not given: rows of one batch get distinct, increasing times.
         "created": rows.created_at if rows.created_at is not None else [None] * len(rows),
     }
-    query = Query(_insert_sql(info), params, prepare=True)
+    query = Query(_insert_sql(info, upsert), params, prepare=True)
     return len((yield from execute(query, final=commit, settings=ts_config_settings(info)))[0].rows)
 
 
@@ -199,4 +208,4 @@ def write_memories(
     if len(rows) >= COPY_MIN_ROWS:
         yield from _copy_rows(info, rows, expires_at, upsert, tenant)
     else:
-        yield from _insert(info, rows, expires_at, tenant, commit and not upsert)
+        yield from _insert(info, rows, expires_at, tenant, commit and not upsert, upsert)
