@@ -262,10 +262,13 @@ class _AsyncPool(AsyncSource):
         self._slots = asyncio.BoundedSemaphore(options.pool_size + options.max_overflow)
 
     async def acquire(self) -> psycopg.AsyncConnection[Any]:
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.options.pool_timeout)
-        except TimeoutError:
-            raise _pool_exhausted(self.options) from None
+        if self._slots.locked():  # wait_for wraps its awaitable in a task: only when waiting
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.options.pool_timeout)
+            except TimeoutError:
+                raise _pool_exhausted(self.options) from None
+        else:
+            await self._slots.acquire()  # a free slot: taken at once
         try:
             while self._idle:
                 conn = self._idle.pop()[0]
