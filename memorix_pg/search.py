@@ -47,7 +47,7 @@ neighbourhoods look like MiniLM's, k=10, 2 cores, data in shared buffers):
   a larger ``ef_search`` does not fix but a better-connected graph does. With m 20 /
   ef_construction 80 (the build takes ~25% longer: 20.0 s vs 16.1 s as halfvec), ef 100 gives
   0.9995 and no trapped query. Hence that graph (m 24 / ef_construction 128 for builds of up to
-  200k rows: vector_index.graph_for) and the floor
+  50k rows: vector_index.graph_for) and the floor
   ``EF_MIN * sqrt(graph / EF_MIN_ROWS)``: 100 up to 100k elements, 173 at 300k, 316 at 1M.
   A filtered walk needs more: at 50% selectivity and ef 100, AND/OR filters gave recall 0.982-0.983
   (m 20), at ef 200 0.995-0.998. Hence twice the floor when the filter matches less than 90% of

@@ -82,12 +82,13 @@ METADATA_GIN_INDEX = f"{SCHEMA}.memories_metadata_gin_idx"
 # (recall@10 0.9995 vs 0.9915 with the default; see memorix_pg.search). Up to it, builds take
 # seconds, so m 24 / ef_construction 128: measured on 20k clustered rows (3 builds each, 500
 # queries; benchmarks/recall.py --graphs), broad clusters gave walk recall 0.9940 with 20/80,
-# 0.9988 with 24/128 and 1.0 with 32/200, for builds of 6.7, 8.8 and 13.6 s. On 100k MiniLM
-# embeddings of real text (benchmarks/recall.py, 1,000 held-out queries), 20/80 left 0.2% of
-# the queries below recall 0.5 with the trap check on (mean 0.9930); 24/128 none (mean 0.9965,
-# worst query 0.7). Hence 24/128 up to 200k rows. A collection made empty gets the small graph;
+# 0.9988 with 24/128 and 1.0 with 32/200, for builds of 6.7, 8.8 and 13.6 s. Past 50k it stays
+# 20/80: on 100k MiniLM embeddings of real text (benchmarks/recall.py, 1,000 held-out queries,
+# one build each) 24/128 lifted recall with the trap check from 0.9930 to 0.9965 and left no
+# query below 0.5 (20/80: 0.2%), but the 100k load took 40 s instead of 26 and an unfiltered
+# search's p50 rose ~25% (benchmarks/search.py). A collection made empty gets the small graph;
 # a load of 1,000+ rows into a smaller collection rebuilds it by size.
-SMALL_GRAPH_ROWS = 200_000
+SMALL_GRAPH_ROWS = 50_000
 SMALL_GRAPH = (24, 128)
 LARGE_GRAPH = (20, 80)
 
