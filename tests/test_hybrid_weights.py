@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -109,6 +110,22 @@ def test_a_small_collection_is_counted_exactly(make_api) -> None:  # type: ignor
     query = f"common beta {word('ten', 4)} {word('row', 44)}"
     found = api.retrieve(query, top_k=10, mode="text", ranks=True)
     assert [m.ranks["text_score"] for m in found] == pytest.approx(oracle_scores(texts, query)[:10], rel=1e-9)
+
+
+def test_the_sample_holds_the_tenants_live_rows_only(make_api) -> None:  # type: ignore[no-untyped-def]
+    a = make_api("tenants", embedder="hash-64", tenant="a")
+    b = make_api("tenants", embedder="hash-64", tenant="b")
+    texts = TEXTS[:400]
+    a.store_batch(texts)
+    query = f"common beta {word('ten', 3)} {word('fif', 23)} {word('row', 123)}"
+    # Were they counted, these would make the query's rare words common.
+    b.store_batch([f"{word('row', 123)} {word('fif', 23)} other {i}" for i in range(600)])
+    a.store_batch(
+        [f"{word('row', 123)} {word('fif', 23)} gone {i}" for i in range(300)], ttl=timedelta(microseconds=1)
+    )
+    found = a.retrieve(query, top_k=10, mode="text", ranks=True)
+    assert [m.ranks["text_score"] for m in found] == pytest.approx(oracle_scores(texts, query)[:10], rel=1e-9)
+    assert found[0].text == TEXTS[123]
 
 
 def _index_reads(plan: dict[str, Any]) -> Iterator[float]:
