@@ -11,7 +11,7 @@ count), so both come from a sample: the ``SAMPLE_ROWS`` live rows with the small
 hashes (uniform, read through the (collection_id, content_hash) index), whose largest hash also
 sizes the collection (``N ~ (rows - 1) / hash fraction``). When the sample holds every row the
 counts are exact; else a lexeme in two sampled rows or more gets the sample's frequency, and a
-rarer one is counted through the index, up to ``DF_CAP`` rows (a short posting list). A
+rarer one is counted through the index, up to ``DF_CAP + 1`` rows (a short posting list). A
 memory's text score is the share of the query's weight it holds (0..1), ties broken by
 ``ts_rank_cd`` (frequency and proximity). Lexemes in every row, or in more than ``DF_CAP``, are
 left out of the match when rarer ones exist: "what is the" would otherwise match most of the
@@ -62,7 +62,7 @@ __all__ = [
 
 MODES = ("vector", "text", "hybrid")
 CANDIDATES_MIN = 50  # each hybrid arm fetches max(2k, this) rows
-DF_CAP = 256  # a rare lexeme's rows are counted up to this; a commoner one is left out of the match
+DF_CAP = 256  # a lexeme in more rows is left out of the match (rare ones are counted up to DF_CAP + 1)
 SAMPLE_ROWS = 256  # the rows a common lexeme's frequency is estimated on
 
 _WEBSEARCH = re.compile(r'"|(?:^|\s)-\w|\s(?:or|OR)\s')
@@ -131,7 +131,7 @@ def _weighted_ranking(scope: Scope, where: sa.ColumnElement[bool]) -> sa.Select[
         .prefix_with("MATERIALIZED")  # evaluated once, not at each use of its columns
     )
     # A lexeme seen in two sampled rows or more is common: its frequency is the sample's. A rarer
-    # one is counted through the GIN index, up to DF_CAP rows (a short posting list).
+    # one is counted through the GIN index, up to DF_CAP + 1 rows (a short posting list).
     df = sa.case(
         (whole, sa.cast(seen.c.seen, sa.Float)),
         (seen.c.seen >= 2, seen.c.seen * size / sampled.c.rows),
@@ -140,7 +140,7 @@ def _weighted_ranking(scope: Scope, where: sa.ColumnElement[bool]) -> sa.Select[
             .select_from(
                 sa.select(sa.literal_column("1").label("hit"))
                 .where(scope.live(), _matches(seen.c.q))
-                .limit(sa.bindparam("df_cap"))
+                .limit(sa.bindparam("count_cap"))
                 .correlate(seen)
                 .subquery("found")
             )
@@ -328,6 +328,7 @@ def rank(
         "ts_config": info.text_search_config,
         "text_query": text,
         "df_cap": DF_CAP,
+        "count_cap": DF_CAP + 1,
         "sample_rows": SAMPLE_ROWS,
         "k": k,
     }

@@ -58,7 +58,7 @@ def oracle_scores(texts: list[str], query: str) -> list[float]:
         elif seen >= 2:
             df = seen * n / len(sample)
         else:
-            df = float(min(sum(lexeme in r for r in rows), DF_CAP))
+            df = float(min(sum(lexeme in r for r in rows), DF_CAP + 1))
         if df == 0:
             continue
         top = max(n, df)
