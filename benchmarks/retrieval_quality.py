@@ -158,8 +158,8 @@ def measure(
     each query, in an order that rotates, so that the noise of a shared machine and the state a
     search leaves (caches, the planner's ef_search floor) reach every mode alike."""
     for _, _, search in systems:
-        for _, q, _ in qs[:WARM_UP]:
-            search(q, query_vectors[0])
+        for j, (_, q, _) in enumerate(qs[:WARM_UP]):
+            search(q, query_vectors[j])
     ranked: dict[tuple[str, str], list[list[int]]] = {(s, m): [] for s, m, _ in systems}
     latencies: dict[tuple[str, str], list[float]] = {(s, m): [] for s, m, _ in systems}
     for j, (_, q, _) in enumerate(qs):
