@@ -83,7 +83,8 @@ class HandWritten:
             "(SELECT id, embedding::vector({dim}) <=> %(q)s AS d "
             "FROM memorix.memories WHERE {live} {filter} ORDER BY embedding::vector({dim}) <=> %(q)s "
             "LIMIT 40) w ORDER BY d + 0 LIMIT 10) n "
-            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.tenant = '' AND m.id = n.id ORDER BY n.d"
+            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.tenant = '' AND m.id = n.id "
+            "ORDER BY n.d"
         )
         self.direct_sql = statement(
             "SELECT id, text, metadata, created_at, embedding::vector({dim}) <=> %(q)s AS d "
@@ -93,7 +94,8 @@ class HandWritten:
         self.exact_sql = statement(
             "SELECT {columns}, n.d FROM (SELECT id, embedding::vector({dim}) <=> %(q)s AS d "
             "FROM memorix.memories WHERE {live} AND metadata @> %(doc)s OFFSET 0) n "
-            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.tenant = '' AND m.id = n.id ORDER BY n.d LIMIT 10"
+            "JOIN memorix.memories m ON m.collection_id = {cid} AND m.tenant = '' AND m.id = n.id "
+            "ORDER BY n.d LIMIT 10"
         )
 
     def get(self, row_id: str) -> Any:

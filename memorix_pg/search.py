@@ -722,5 +722,5 @@ def vector_plan(
     facts = f"~{p.estimated} of ~{round(p.graph)} graph elements match ({p.selectivity:.2%})"
     if exact is None and (p.use_exact or fetch > EF_MAX):
         return True, None, f"{facts}: exact scan"
-    ef = p.ef(fetch, ef_search)
+    ef = p.ef(fetch, ef_search, planner.ef_scale)
     return False, ef, f"{facts}: HNSW iterative scan, ef_search {ef}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
 import pytest
 
 from memorix_pg import ConfigurationError, FilterError, InvalidInput
 from memorix_pg.crypto import generate_key
+from memorix_pg.writes import DEFER_INDEX_MIN_ROWS
 
 NOTES = [
     "order 48213 shipped from the Lyon warehouse on Tuesday",
@@ -177,3 +179,21 @@ def test_text_mode_needs_words(api) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match="query text"):
         api.retrieve(None, mode="text", embedding=[0.1] * 64)
     assert len(api.retrieve("", mode="hybrid", top_k=3)) == 3  # newest first, as in vector mode
+
+
+def test_a_bulk_load_merges_the_text_index_pending_list(make_api, database_url) -> None:  # type: ignore[no-untyped-def]
+    """Every text match reads the GIN pending list whole: a bulk load leaves it empty."""
+
+    def pending_pages() -> int:  # merges the list, and says how many pages it held
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute("SELECT gin_clean_pending_list('memorix.memories_text_search_idx'::regclass)")
+            return int(row.fetchone()[0])  # type: ignore[index]
+
+    api = make_api("bulk", embedder="hash-64")
+    api.store_batch([f"order {i} for customer {i % 97} shipped" for i in range(DEFER_INDEX_MIN_ROWS)])
+    assert pending_pages() == 0
+    api.store_batch([f"note {i} about the weather in town {i}" for i in range(20)])  # not a bulk load
+    assert pending_pages() > 0
+    assert [m.text for m in api.retrieve("customer 41 order 500", top_k=1, mode="text")] == [
+        "order 500 for customer 15 shipped"
+    ]

@@ -178,12 +178,16 @@ def test_walks_that_miss_rows_raise_the_ef_search_floor(trapped) -> None:
     """On a graph whose walks miss rows, the sample's estimate of their recall raises ef_search."""
     api, vectors, _ = trapped
     before = api.explain_retrieve(None, top_k=K, embedding=vectors[0])
+    hybrid_before = api.explain_retrieve("m1", top_k=K, embedding=vectors[0], mode="hybrid")
     rng = np.random.default_rng(3)
     for q in vectors[rng.choice(ROWS, 150, replace=False)] + 0.01:
         api.retrieve(None, top_k=K, embedding=q)
     after = api.explain_retrieve(None, top_k=K, embedding=vectors[0])
     assert after.ef_search > before.ef_search
     assert "the sample showed walks missing rows" in after.reason
+    # Hybrid's vector arm walks with the same raised floor.
+    hybrid_after = api.explain_retrieve("m1", top_k=K, embedding=vectors[0], mode="hybrid")
+    assert hybrid_after.ef_search > hybrid_before.ef_search
 
 
 def test_the_recall_estimate_raises_and_lowers_the_floor() -> None:
