@@ -218,7 +218,16 @@ def latency(
         for fn in sides.values():
             if not c.startswith("delete"):
                 fn(0)
+    walks_at: dict[str, list[int]] = {name: [] for name in plans}
     for i in range(args.reps):
+        # The same plan on both sides: the library's planner raises its ef_search floor when it
+        # sees its walks miss (search.py), so the hand-written walk takes the ef that the library
+        # would take for this call, read (untimed) before the calls.
+        for name in plans:
+            plans[name] = sync.explain_retrieve(None, 10, filters.get(name), embedding=queries[i % 64])
+            ef = plans[name].ef_search
+            if ef:
+                walks_at[name].append(ef)
         for c, sides in calls.items():
             order = list(sides)
             rng.shuffle(order)
@@ -238,6 +247,10 @@ def latency(
             row[f"{side}/hand"] = round(s50 / hand50, 2)
             row[f"{side} within 1.25x+0.2ms"] = s50 <= 1.25 * hand50 + 0.2
         rows.append(row)
+    for name, efs in walks_at.items():
+        for row in rows:
+            if str(row["call"]).startswith(f"retrieve {name} ") and efs:
+                row["ef_search (min-max)"] = f"{min(efs)}-{max(efs)}"
     rates = throughput(sync, aio, loop, queries, args.seconds)
     loop.close()
     return rows, rates, url
@@ -433,7 +446,7 @@ def main() -> None:
 
 
 def _table(title: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> ResultTable:
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(c for r in rows for c in r))
     return ResultTable(title, columns, [[r.get(c) for c in columns] for r in rows], meta=meta)
 
 
