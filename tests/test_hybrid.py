@@ -66,7 +66,7 @@ def test_websearch_syntax_is_kept_for_quotes_and_minus(api) -> None:  # type: ig
 
 def test_hybrid_fuses_both_arms_and_is_never_short(api) -> None:  # type: ignore[no-untyped-def]
     found = api.retrieve("order 48213 Lyon", top_k=10, mode="hybrid", ranks=True)
-    assert len(found) == 10  # the vector arm fills past the three text matches
+    assert len(found) == 10  # the vector arm fills past the text matches
     assert found[0].text == NOTES[0]
     assert found[0].ranks["text_rank"] == 1 and found[0].ranks["vector_rank"] is not None
     # Only "order 48213 ... Lyon" holds at least half the query's weight: the two rows holding
