@@ -354,6 +354,7 @@ class MemoryAPI:
         rrf_k: float = 60.0,
         vector_weight: float = 1.0,
         text_weight: float = 1.0,
+        text_cutoff: float = 0.5,
         recency_weight: float = 0.0,
         half_life: timedelta = timedelta(days=1),
         importance_key: str | None = None,
@@ -375,7 +376,8 @@ class MemoryAPI:
         ``mode="vector"`` ranks by embedding similarity; ``"text"`` by full text search of the
         query's words (rare words weigh more; quotes and ``-word`` are taken as websearch
         syntax); ``"hybrid"`` fuses both rankings by reciprocal rank (``rrf_k``, and the arms'
-        ``vector_weight`` / ``text_weight``). In mode vector, ``recency_weight`` and
+        ``vector_weight`` / ``text_weight``; the text arm ranks only the rows scoring at least
+        ``text_cutoff`` times its best, 0 ranks every match). In mode vector, ``recency_weight`` and
         ``importance_weight`` make the score ``similarity_weight * similarity + recency_weight *
         0.5 ** (age / half_life) + importance_weight * importance`` (the metadata value at
         ``importance_key`` scaled from ``importance_scale`` to 0..1), and the top k is exact for
@@ -398,7 +400,7 @@ class MemoryAPI:
             ef_search,
             include_embeddings,
             mode=mode,
-            fusion=Fusion(rrf_k, vector_weight, text_weight),
+            fusion=Fusion(rrf_k, vector_weight, text_weight, text_cutoff),
             ranks=ranks,
             scoring=Scoring(
                 similarity_weight,
@@ -427,6 +429,7 @@ class MemoryAPI:
         rrf_k: float = 60.0,
         vector_weight: float = 1.0,
         text_weight: float = 1.0,
+        text_cutoff: float = 0.5,
         exact: bool | None = None,
         ef_search: int | None = None,
     ) -> SearchPlan:
@@ -439,7 +442,7 @@ class MemoryAPI:
             exact,
             ef_search,
             mode=mode,
-            fusion=Fusion(rrf_k, vector_weight, text_weight),
+            fusion=Fusion(rrf_k, vector_weight, text_weight, text_cutoff),
             explain=True,
         )
         return (self._run(call))[1]

@@ -22,10 +22,17 @@ ranked by ``ts_rank_cd``.
 **Hybrid** is reciprocal rank fusion of the vector ranking and the text ranking, in one
 statement: each arm fetches its best ``candidates`` rows (filter, tenant and TTL applied to
 both), and a memory scores ``w_vector / (rrf_k + vector rank) + w_text / (rrf_k + text rank)``
-(an arm that did not return it adds 0). The vector arm returns at least k rows whenever k
-memories match, so the result is never short when few memories match the text. The vector arm
-runs exactly (an ordered scan of the matching rows) when the search planner would, else as an
-HNSW walk with the planner's ``ef_search`` (its floor raised as for mode="vector").
+(an arm that did not return it adds 0). The text arm ranks only its confident matches, the rows
+scoring at least ``text_cutoff`` times its best score: with OR semantics nearly every memory
+shares a word with the query, and RRF gives that weak tail almost the weight of the head, so
+rows sitting in both arms' tails would outrank the one memory that holds the query's
+identifier. Equal fused scores go to the better text rank, then the better vector rank, then
+the id: a memory only the text arm ranks first beats one only the vector arm ranks first (the
+text arm's first is a match of the query's rarest words). The vector arm returns at least k
+rows whenever k memories match, so the result is never short when few memories match the text
+(or pass the cut). The vector arm runs exactly (an ordered scan of the matching rows) when the
+search planner would, else as an HNSW walk with the planner's ``ef_search`` (its floor raised
+as for mode="vector").
 """
 
 from __future__ import annotations
@@ -205,8 +212,22 @@ def _text_ranking(scope: Scope, where: sa.ColumnElement[bool], websearch: bool) 
     ranked = ranking.subquery("text_ranked")
     order = (ranked.c.text_score.desc(), ranked.c.rank_cd.desc(), ranked.c.id)
     return sa.select(
-        ranked.c.id, ranked.c.text_score, sa.func.row_number().over(order_by=order).label("text_rank")
+        ranked.c.id,
+        ranked.c.text_score,
+        sa.func.row_number().over(order_by=order).label("text_rank"),
+        sa.func.max(ranked.c.text_score).over().label("best"),
     ).subquery("text_arm")
+
+
+def _confident(arm: sa.Subquery) -> sa.Subquery:
+    """The text arm's rows scoring at least ``:text_cutoff`` times its best: a prefix of its
+    ranking, so the kept rows keep their ranks."""
+    cutoff = sa.bindparam("text_cutoff", type_=sa.Float)
+    return (
+        sa.select(arm.c.id, arm.c.text_score, arm.c.text_rank)
+        .where(arm.c.text_score >= cutoff * arm.c.best)
+        .subquery("text_confident")
+    )
 
 
 _RESULT = (memories.c.id, memories.c.text, memories.c.metadata, memories.c.created_at, memories.c.updated_at)
@@ -248,7 +269,7 @@ def hybrid_statement(
     score, the vector rank, the text rank and text score (NULL where an arm missed the row)."""
     info = scope.info
     vector = _vector_arm(info, where, exact)
-    text = _text_ranking(scope, where, websearch)
+    text = _confident(_text_ranking(scope, where, websearch))
     rrf_k = sa.bindparam("rrf_k", type_=sa.Float)
     fused_score: sa.ColumnElement[Any] = sa.func.coalesce(
         sa.bindparam("w_vector", type_=sa.Float) / (rrf_k + vector.c.vector_rank), 0.0
@@ -257,6 +278,9 @@ def hybrid_statement(
         sa.bindparam("w_text", type_=sa.Float) / (rrf_k + text.c.text_rank), 0.0
     )
     row_id = sa.func.coalesce(vector.c.id, text.c.id)
+    # Equal fused scores (a row only the text arm ranks first and one only the vector arm ranks
+    # first): the better text rank, then the vector rank, then the id.
+    ties = (text.c.text_rank.asc().nulls_last(), vector.c.vector_rank.asc().nulls_last(), row_id)
     fused = (
         sa.select(
             row_id.label("id"),
@@ -266,7 +290,7 @@ def hybrid_statement(
             text.c.text_score,
         )
         .select_from(vector.join(text, vector.c.id == text.c.id, full=True))
-        .order_by(sa.desc("fused"), row_id)
+        .order_by(sa.desc("fused"), *ties)
         .limit(sa.bindparam("k"))
         .subquery("fused")
     )
@@ -282,17 +306,24 @@ def hybrid_statement(
             *vectors,
         )
         .join_from(fused, memories, sa.and_(scope.rows(), memories.c.id == fused.c.id))
-        .order_by(fused.c.fused.desc(), fused.c.id)
+        .order_by(
+            fused.c.fused.desc(),
+            fused.c.text_rank.asc().nulls_last(),
+            fused.c.vector_rank.asc().nulls_last(),
+            fused.c.id,
+        )
     )
 
 
 @dataclass(frozen=True)
 class Fusion:
-    """Reciprocal rank fusion's constant and the arms' weights."""
+    """Reciprocal rank fusion's constant, the arms' weights, and the share of the best text
+    score a row needs to be ranked by the text arm."""
 
     rrf_k: float = 60.0
     w_vector: float = 1.0
     w_text: float = 1.0
+    text_cutoff: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -354,6 +385,7 @@ def rank(
             "rrf_k": float(fusion.rrf_k),
             "w_vector": float(fusion.w_vector),
             "w_text": float(fusion.w_text),
+            "text_cutoff": float(fusion.text_cutoff),
         }
     )
 
@@ -369,7 +401,10 @@ def rank(
 
     rows = yield from run(is_exact, ef)
     short = len(rows)
-    reason = f"reciprocal rank fusion (k {fusion.rrf_k:g}) of the vector arm ({why}) and full text ({how})"
+    reason = (
+        f"reciprocal rank fusion (k {fusion.rrf_k:g}) of the vector arm ({why}) and full text ({how}, "
+        f"rows scoring at least {fusion.text_cutoff:g} x the best)"
+    )
     if len(rows) < k and not is_exact:
         # The walk came back short: only an exact scan knows whether more rows match.
         rows = yield from run(True, None)

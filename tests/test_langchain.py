@@ -372,6 +372,20 @@ def test_from_texts_and_the_retriever(
         found = [d.page_content for d in (words.invoke if kind == "sync" else run_with(words))("cherry")]
         assert found[0] == "red cherry" and (mode == "hybrid" or found == ["red cherry"])
 
+    def scored(**kwargs):  # type: ignore[no-untyped-def]
+        if kind == "sync":
+            return dict(
+                (d.page_content, s) for d, s in store.similarity_search_with_score("red cherry", 3, **kwargs)
+            )
+        found = event_loop_thread.run(store.asimilarity_search_with_score("red cherry", 3, **kwargs))
+        return dict((d.page_content, s) for d, s in found)
+
+    # "red apple" holds the query's common word only: the text arm ranks it once the cut is off.
+    cut, every_match = scored(mode="hybrid"), scored(mode="hybrid", text_cutoff=0.0)
+    assert every_match["red apple"] < cut["red apple"] and every_match["red cherry"] == cut["red cherry"]
+    with pytest.raises(InvalidInput, match="text_cutoff"):
+        scored(mode="hybrid", text_cutoff=2.0)
+
 
 def test_the_async_methods_are_native(database_url: str, event_loop_thread: EventLoopThread) -> None:
     """With the sync embedding methods switched off, every async method still works: none of

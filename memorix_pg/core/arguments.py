@@ -17,6 +17,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_scoring",
+    "check_share",
     "expiry",
     "positive_timedelta",
 ]
@@ -85,7 +86,16 @@ def check_fusion(fusion: object) -> Fusion:
         check_number(fusion.rrf_k, "rrf_k"),
         check_number(fusion.w_vector, "vector_weight"),
         check_number(fusion.w_text, "text_weight"),
+        check_share(fusion.text_cutoff, "text_cutoff"),
     )
+
+
+def check_share(value: object, name: str) -> float:
+    """A number from 0 to 1."""
+    share = check_number(value, name)
+    if share > 1:
+        raise InvalidInput(f"{name} must be from 0 to 1, got {value!r}")
+    return share
 
 
 def check_int(value: object, name: str, low: int, high: int | None = None) -> int:

@@ -37,7 +37,7 @@ __all__ = ["LangChainEmbedder", "MemorixEmbeddings", "MemorixVectorStore", "rele
 
 PROBE_TEXT = "memorix-pg dimension probe"
 # Keyword arguments of the search methods that go to ``retrieve`` as they are.
-_SEARCH_OPTIONS = ("exact", "ef_search", "mode", "rrf_k", "vector_weight", "text_weight")
+_SEARCH_OPTIONS = ("exact", "ef_search", "mode", "rrf_k", "vector_weight", "text_weight", "text_cutoff")
 
 Vectors = npt.NDArray[np.float32]
 
@@ -457,8 +457,9 @@ class MemorixVectorStore(VectorStore):
         self, query: str, k: int = 4, filter: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """As :meth:`similarity_search_with_score_by_vector`; with ``mode="text"`` or
-        ``"hybrid"`` (and ``rrf_k``, ``vector_weight``, ``text_weight``), memorix's full text or
-        hybrid ranking of ``query``, its "distance" ``1 - Memory.score`` (lower is closer)."""
+        ``"hybrid"`` (and ``rrf_k``, ``vector_weight``, ``text_weight``, ``text_cutoff``), memorix's
+        full text or hybrid ranking of ``query``, its "distance" ``1 - Memory.score`` (lower is
+        closer)."""
         if kwargs.get("mode", "vector") != "vector":
             options = _search_options(kwargs, "similarity_search")
             found = self._sync_api().retrieve(query, k, filter, **options)
