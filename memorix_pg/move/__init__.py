@@ -80,11 +80,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .database import libpq_url, redact_url, resolve_database, unavailable
-from .errors import ConfigurationError, InvalidInput, MemorixError, PermissionDenied
-from .models import SCHEMA
-from .validation import check_tenant
-from .vector_index import CollectionInfo, create_index_sql, drop_index_sql
+from ..database import libpq_url, redact_url, resolve_database, unavailable
+from ..errors import ConfigurationError, InvalidInput, MemorixError, PermissionDenied
+from ..models import SCHEMA
+from ..validation import check_tenant
+from ..vector_index import CollectionInfo, create_index_sql, drop_index_sql
 
 __all__ = ["DEFAULT_TIMEOUT", "MoveReceipt", "move_tenant"]
 
@@ -274,9 +274,9 @@ def _one(conn: psycopg.Connection[Any], query: str | sql.Composed, params: Any =
 
 
 def _preflight(tenant: str, source: str, destination: str, conninfo: str | None) -> _Move:
-    from .core import prepare_database  # the library's migrations, as MemoryAPI runs them
-    from .database import get_engine
-    from .migrate import current_revision, head_revision
+    from ..core import prepare_database  # the library's migrations, as MemoryAPI runs them
+    from ..database import get_engine
+    from ..migrate import current_revision, head_revision
 
     with _connect(source) as src:
         level = _one(src, "SHOW wal_level")
