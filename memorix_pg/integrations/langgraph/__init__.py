@@ -59,13 +59,13 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from ..aio import AsyncMemoryAPI
-from ..api import MemoryAPI
-from ..core import MAX_TOP_K
-from ..embedders import Embedder
-from ..errors import ConfigurationError, FilterError, InvalidInput, MemorixError
-from ..memory import Memory
-from ..validation import check_embedding, check_text, clean_metadata
+from ...aio import AsyncMemoryAPI
+from ...api import MemoryAPI
+from ...core import MAX_TOP_K
+from ...embedders import Embedder
+from ...errors import ConfigurationError, FilterError, InvalidInput, MemorixError
+from ...memory import Memory
+from ...validation import check_embedding, check_text, clean_metadata
 
 __all__ = ["MemorixStore"]
 
