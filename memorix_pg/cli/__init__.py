@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
 
-from .errors import MemorixError
+from ..errors import MemorixError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,7 +60,7 @@ embedder_option = click.option(
 
 
 def _api(database_url: str | None, collection: str, embedder: str) -> Any:
-    from .api import MemoryAPI
+    from ..api import MemoryAPI
 
     return MemoryAPI(embedder=embedder, collection_name=collection, database_url=database_url)
 
@@ -89,7 +88,7 @@ def demo(embedder: str, database_url: str | None) -> None:
     Example:
       memorix-pg demo
     """
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(embedder=embedder, database_url=database_url, echo=click.echo)
 
@@ -105,8 +104,8 @@ def migrate(database_url: str | None, revision: str) -> None:
     Example:
       MEMORIX_DATABASE_URL=postgresql://user:pass@localhost:5432/memorix memorix-pg migrate
     """
-    from . import migrate as migrations
-    from .database import check_pgvector, get_engine, redact_url, resolve_database
+    from .. import migrate as migrations
+    from ..database import check_pgvector, get_engine, redact_url, resolve_database
 
     resolved = resolve_database(database_url)
     check_pgvector(get_engine(resolved.url), resolved.url)
@@ -114,7 +113,7 @@ def migrate(database_url: str | None, revision: str) -> None:
     at = migrations.current_revision(get_engine(resolved.url))
     click.echo(f"{redact_url(resolved.url)} is at revision {at}")
     if at == migrations.head_revision():
-        from .catalog import ensure_vector_indexes
+        from ..catalog import ensure_vector_indexes
 
         with get_engine(resolved.url).begin() as conn:
             built = ensure_vector_indexes(conn)
@@ -141,7 +140,7 @@ def server_start() -> None:
     Example:
       memorix-pg server start
     """
-    from .server import ensure_embedded_server
+    from ..server import ensure_embedded_server
 
     url = ensure_embedded_server(keep_running=True)
     click.echo(url)
@@ -156,7 +155,7 @@ def server_stop() -> None:
     Example:
       memorix-pg server stop
     """
-    from .server import stop_embedded_server
+    from ..server import stop_embedded_server
 
     click.echo("stopped" if stop_embedded_server() else "not running")
 
@@ -169,7 +168,7 @@ def server_status() -> None:
     Example:
       memorix-pg server status
     """
-    from .server import embedded_server_status
+    from ..server import embedded_server_status
 
     status = embedded_server_status()
     click.echo(f"data dir: {status.data_dir}")
@@ -189,7 +188,7 @@ def server_url() -> None:
     Example:
       psql "$(memorix-pg server url)"
     """
-    from .server import embedded_server_status, ensure_embedded_server
+    from ..server import embedded_server_status, ensure_embedded_server
 
     status = embedded_server_status()
     click.echo(status.url if status.running and status.url else ensure_embedded_server(keep_running=True))
@@ -208,10 +207,10 @@ def models(export_now: bool, embedder: str) -> None:
     Example:
       memorix-pg models --export
     """
-    from .onnx_embedder import list_exports, models_dir
+    from ..onnx_embedder import list_exports, models_dir
 
     if export_now:
-        from .embedders import SentenceTransformerEmbedder, resolve_embedder
+        from ..embedders import SentenceTransformerEmbedder, resolve_embedder
 
         chosen = resolve_embedder(embedder)
         if not isinstance(chosen, SentenceTransformerEmbedder):
@@ -321,7 +320,7 @@ def collections(database_url: str | None) -> None:
     Example:
       memorix-pg collections
     """
-    from .api import list_collections
+    from ..api import list_collections
 
     found = list_collections(database_url)
     if not found:
@@ -486,7 +485,7 @@ def import_command(
     Example:
       memorix-pg import memories.jsonl --collection notes
     """
-    from .transfer import import_jsonl
+    from ..transfer import import_jsonl
 
     api = _api(database_url, collection, embedder)
     click.echo(f"imported {import_jsonl(api, path, progress=not no_progress)} memories into {collection!r}")
@@ -515,7 +514,7 @@ def export(
     Example:
       memorix-pg export --collection notes -o notes.jsonl
     """
-    from .transfer import export_jsonl
+    from ..transfer import export_jsonl
 
     api = _api(database_url, collection, embedder)
     flt = _json_option(filter_json, "--filter")
@@ -546,7 +545,7 @@ def import_chroma_command(
     Example:
       memorix-pg import-chroma ./chroma_db --collection knowledge
     """
-    from .transfer import import_chroma
+    from ..transfer import import_chroma
 
     for result in import_chroma(
         path, collection, target, database_url=database_url, embedder=embedder, progress=not no_progress
@@ -600,8 +599,8 @@ def rotate_key(
       export MEMORIX_NEW_ENCRYPTION_KEY=$(memorix-pg rotate-key --generate)
       MEMORIX_ENCRYPTION_KEY=<old key> memorix-pg rotate-key --collection notes
     """
-    from .api import MemoryAPI
-    from .crypto import generate_key
+    from ..api import MemoryAPI
+    from ..crypto import generate_key
 
     if generate:
         click.echo(generate_key())
@@ -653,7 +652,7 @@ def reembed(
     Example:
       memorix-pg reembed --collection notes --embedder sentence-transformers/all-mpnet-base-v2
     """
-    from .api import MemoryAPI, list_collections
+    from ..api import MemoryAPI, list_collections
 
     current = {c.name: c.embedder for c in list_collections(database_url)}
     if collection not in current:
@@ -723,7 +722,7 @@ def mcp(
       memorix-pg mcp --collection notes
       memorix-pg mcp --transport http --host 127.0.0.1 --port 8765
     """
-    from .integrations.mcp import DEFAULT_HOST, DEFAULT_PORT, require_fastmcp, serve
+    from ..integrations.mcp import DEFAULT_HOST, DEFAULT_PORT, require_fastmcp, serve
 
     if transport == "stdio" and (host is not None or port is not None or allow_remote):
         raise click.UsageError("--host, --port and --allow-remote apply to --transport http only")
@@ -755,7 +754,7 @@ def backup_command(path: str, database_url: str | None) -> None:
     Example:
       memorix-pg backup memories.dump
     """
-    from .backup import backup
+    from ..backup import backup
 
     report = backup(path, database_url)
     click.echo(
@@ -777,7 +776,7 @@ def restore_command(path: str, replace: bool, database_url: str | None) -> None:
     Example:
       memorix-pg restore memories.dump --replace
     """
-    from .backup import restore
+    from ..backup import restore
 
     report = restore(path, database_url, replace=replace)
     click.echo(f"restored {report.collections} collections, {report.memories} memories from {report.path}")
@@ -797,7 +796,7 @@ def forget_command(where_json: str, dry_run: bool, tenant: str | None, database_
     Example:
       memorix-pg forget --where '{"user_id": "u1"}' --dry-run
     """
-    from .api import forget
+    from ..api import forget
 
     receipt = forget(_json_option(where_json, "--where"), database_url, tenant, dry_run=dry_run)
     click.echo(json.dumps({**dataclasses.asdict(receipt), "total": receipt.total}, sort_keys=True))
@@ -832,13 +831,10 @@ def move_tenant_command(
     Example:
       memorix-pg move-tenant acme --to postgresql://user:pass@db2/memorix
     """
-    from .move import move_tenant
+    from ..move import move_tenant
 
     receipt = move_tenant(
         tenant, to, database_url, timeout, source_conninfo=source_conninfo, clean_source=not keep_source
     )
     click.echo(json.dumps({**dataclasses.asdict(receipt), "total": receipt.total}, sort_keys=True))
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
