@@ -205,7 +205,7 @@ def main() -> None:
     from psycopg import sql
 
     from memorix_pg import HashEmbedder, MemoryAPI
-    from memorix_pg.search import planner_for
+    from memorix_pg.planner import planner_for
 
     rows: list[dict[str, Any]] = []
     with memorix_database() as (url, _):

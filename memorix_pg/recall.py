@@ -19,8 +19,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from .models import memories
+from .planner import EF_MAX, Planner
 from .scope import Scope
-from .search import DISTANCE, EF_MAX, Planner, search
+from .search import DISTANCE, search
 from .statements import Filter, cached
 from .steps import Operation, fetch_all
 from .traps import TOLERANCE

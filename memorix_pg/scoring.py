@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .planner import Planner
 from .scope import Scope
-from .search import DISTANCE, Planner, SearchPlan, search
+from .search import DISTANCE, SearchPlan, search
 from .statements import Filter
 from .steps import Operation
 from .vector_index import score_from_distance

@@ -18,7 +18,7 @@ the query are one matrix-vector product in numpy: ~30 µs for 1,024 rows of 384 
 ~50 µs for 2,048 (measured at 100k: +6-10% on a search's p50; twice the sample cost +13-16%).
 A sampled row deleted since is only a false alarm: candidates are confirmed against the table
 before anything is concluded. Over many walks the sample also estimates their recall
-(``search.Planner.observe``), which sets the ``ef_search`` floor.
+(``planner.Planner.observe``), which sets the ``ef_search`` floor.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ TEXT_SEARCH_GIN_INDEX = f"{SCHEMA}.memories_text_search_idx"  # migration 0008
 
 # Better-connected graphs than pgvector's default (16, 64), by the rows a build starts with.
 # Past SMALL_GRAPH_ROWS: m 20 / ef_construction 80, no query trapped at ef_search 100 on 100k rows
-# (recall@10 0.9995 vs 0.9915 with the default; see memorix_pg.search). Up to it, builds take
+# (recall@10 0.9995 vs 0.9915 with the default; see memorix_pg.planner). Up to it, builds take
 # seconds, so m 24 / ef_construction 128: measured on 20k clustered rows (3 builds each, 500
 # queries; benchmarks/recall.py --graphs), broad clusters gave walk recall 0.9940 with 20/80,
 # 0.9988 with 24/128 and 1.0 with 32/200, for builds of 6.7, 8.8 and 13.6 s. Past 50k it stays

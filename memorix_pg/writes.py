@@ -23,9 +23,9 @@ from .crypto import Sealer
 from .embedding import Embedding
 from .ingest import MemoryRows, write_memories
 from .models import SCHEMA, memories
+from .planner import Planner
 from .reads import MEMORY_COLUMNS, bounded_count
 from .scope import Scope
-from .search import Planner
 from .statements import Filter, cached, compile_where
 from .steps import Operation, Query, execute, fetch_one, offload
 from .vector_index import deferred, embedding_column_name, vector_value

@@ -208,7 +208,7 @@ def test_walks_that_miss_rows_raise_the_ef_search_floor(trapped) -> None:
 
 
 def test_the_recall_estimate_raises_and_lowers_the_floor() -> None:
-    from memorix_pg.search import EF_STEP, Planner
+    from memorix_pg.planner import EF_STEP, Planner
 
     planner = Planner()
     planner.observe(seen=40, missed=10)  # a trap: recovered by the search, not counted
@@ -228,7 +228,7 @@ def test_a_recall_of_0_993_does_not_ratchet_the_floor_up() -> None:
     """Walks that miss 0.7% of their nearest rows (MiniLM at 100k, ef 100): re-checking a rate
     after every walk raised the floor again and again on chance alone; the sequential test
     does not, over 30,000 rows seen (~200,000 walks of a large collection)."""
-    from memorix_pg.search import Planner
+    from memorix_pg.planner import Planner
 
     planner = Planner()
     for _ in range(30_000 // 143):

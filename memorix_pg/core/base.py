@@ -23,9 +23,9 @@ from ..embedders import Embedder, resolve_embedder
 from ..embedding import Embedding
 from ..errors import CollectionNotFound, ConfigurationError
 from ..memory import Memory
+from ..planner import Planner, planner_for
 from ..schemas import MetadataSchema, check_strict_filters
 from ..scope import Scope, tenant_settings
-from ..search import Planner, planner_for
 from ..server import ensure_embedded_server
 from ..statements import Filter, compile_where
 from ..steps import Call, Operation, Query, offload, set_local

@@ -12,8 +12,8 @@ from .. import lifecycle
 from ..catalog import open_collection
 from ..errors import FilterError, InvalidInput
 from ..filters import index_expression
+from ..planner import planner_for
 from ..scope import Scope
-from ..search import planner_for
 from ..steps import Call, Operation
 from ..validation import check_collection_name
 from ..vector_index import create_expression_index, metadata_index_name

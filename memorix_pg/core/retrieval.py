@@ -1,6 +1,6 @@
 """Ranked retrieval: vector, text and hybrid modes, recency and importance scores, MMR,
-rerankers and min_score, and check_recall. The planner and the statements live in search.py,
-hybrid.py and scoring.py; this module checks the arguments and shapes the results."""
+rerankers and min_score, and check_recall. The planner lives in planner.py, the statements in
+search.py, hybrid.py and scoring.py; this module checks the arguments and shapes the results."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import memories
+from ..planner import Planner
 from ..reads import bounded_count
 from ..scope import Scope
-from ..search import Planner
 from ..statements import Filter, cached, compile_where
 from ..steps import Operation, execute
 from ..vector_index import CollectionInfo, deferred, embedding_column_name

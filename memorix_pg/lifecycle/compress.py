@@ -14,8 +14,8 @@ from ..crypto import Sealer
 from ..embedding import Embedding
 from ..ingest import MemoryRows, write_memories
 from ..models import SCHEMA, memories
+from ..planner import Planner
 from ..scope import Scope
-from ..search import Planner
 from ..statements import Filter, adhoc, cached
 from ..steps import Operation, Query, execute, fetch_all, offload
 from ..validation import check_text, clean_metadata, new_id
