@@ -221,7 +221,7 @@ def latency(
     walks_at: dict[str, list[int]] = {name: [] for name in plans}
     for i in range(args.reps):
         # The same plan on both sides: the library's planner raises its ef_search floor when it
-        # sees its walks miss (search.py), so the hand-written walk takes the ef that the library
+        # sees its walks miss (planner.py), so the hand-written walk takes the ef that the library
         # would take for this call, read (untimed) before the calls.
         for name in plans:
             plans[name] = sync.explain_retrieve(None, 10, filters.get(name), embedding=queries[i % 64])
