@@ -246,13 +246,13 @@ def text_statement(scope: Scope, where: sa.ColumnElement[bool], websearch: bool)
 
 
 def _vector_arm(info: CollectionInfo, where: sa.ColumnElement[bool], exact: bool) -> sa.Subquery:
-    distance = distance_expression(info, None)
     # ``+ 0`` keeps PostgreSQL from ordering by the HNSW index: an exact sort of the matches.
-    order = distance + 0.0 if exact else distance
+    # The column and the sort key are one expression, so each row's distance is computed once.
+    distance = distance_expression(info, None) + 0.0 if exact else distance_expression(info, None)
     walk = (
         sa.select(memories.c.id, distance.label("distance"))
         .where(where)
-        .order_by(order)
+        .order_by(distance)
         .limit(sa.bindparam("candidates"))
         .subquery("vector_walk")
     )
