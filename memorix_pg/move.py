@@ -74,7 +74,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -82,13 +82,16 @@ from psycopg.types.json import Jsonb
 
 from .database import libpq_url, redact_url, resolve_database, unavailable
 from .errors import ConfigurationError, InvalidInput, MemorixError, PermissionDenied
+from .index_builds import build_concurrently, memories_partitions
 from .models import SCHEMA
+from .steps import Admin, Operation, Result
 from .validation import check_tenant
-from .vector_index import CollectionInfo, create_index_sql, drop_index_sql
+from .vector_index import CollectionInfo, create_index_sql, drop_index_sql, index_definition, index_name
 
 __all__ = ["DEFAULT_TIMEOUT", "MoveReceipt", "move_tenant"]
 
 logger = logging.getLogger("memorix_pg")
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 600.0
 _POLL = 0.2
@@ -434,6 +437,29 @@ def _prepare_destination(move: _Move) -> None:
             _one(dst, sql.SQL("SELECT coalesce(max(event_id), 0) FROM {}").format(_HISTORY))
         )
         _create_collections(dst, move, [c for c in move.collections if not c.exists_at_destination])
+        _ensure_months(move, dst)
+
+
+def _ensure_months(move: _Move, dst: psycopg.Connection[Any]) -> None:
+    """A destination partitioned by month (migration 0011) gets the months of the tenant's
+    memories, and the current and next month, before the copy brings them."""
+    if _one(dst, "SELECT to_regproc('memorix.ensure_month_partitions') IS NULL"):
+        return
+    with _connect(move.source) as src:
+        months = [
+            r[0]
+            for r in src.execute(
+                sql.SQL(
+                    "SELECT DISTINCT date_trunc('month', created_at, 'UTC') FROM {} WHERE tenant = %s"
+                ).format(_MEMORIES),
+                (move.tenant,),
+            )
+        ]
+    dst.execute(
+        "SELECT memorix.ensure_month_partitions(m, m) FROM unnest(%s::timestamptz[]) AS m ORDER BY m",
+        (months,),
+    )
+    dst.execute("SELECT memorix.ensure_month_partitions(now(), now() + interval '1 month')")
 
 
 def _create_collections(dst: psycopg.Connection[Any], move: _Move, missing: list[_Collection]) -> None:
@@ -520,7 +546,11 @@ def _start_replication(move: _Move) -> None:
                 move.previous_identity = restore
         # Never TRUNCATE: it would empty the destination's table, every tenant's rows included.
         src.execute(
-            sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WHERE (tenant = {}) WITH (publish = {})").format(
+            # Via the root: a source partitioned by month publishes its rows as memories' own.
+            sql.SQL(
+                "CREATE PUBLICATION {} FOR TABLE {} WHERE (tenant = {}) "
+                "WITH (publish = {}, publish_via_partition_root = true)"
+            ).format(
                 sql.Identifier(move.name), _MEMORIES, sql.Literal(move.tenant), sql.Literal(move.publish)
             )
         )
@@ -604,10 +634,31 @@ def _build_indexes(move: _Move, collections: list[_Collection] | None = None) ->
     """The HNSW index of each collection created here, built once over the copied rows."""
     built = move.created if collections is None else collections
     with _connect(move.destination) as dst:
+        partitions = _admin_steps(dst, memories_partitions())
         for collection in built:
-            dst.execute(create_index_sql(collection.info, concurrently=True, rows=collection.count))
+            if partitions:  # CONCURRENTLY is refused on a partitioned parent: each partition's, attached
+                info = collection.info
+                definition = index_definition(info, collection.count)
+                _admin_steps(dst, build_concurrently(index_name(info), definition, partitions))
+            else:
+                dst.execute(create_index_sql(collection.info, concurrently=True, rows=collection.count))
         if built:
             dst.execute(sql.SQL("ANALYZE {}").format(_MEMORIES))
+
+
+def _admin_steps(conn: psycopg.Connection[Any], operation: Operation[T]) -> T:
+    """An operation of :mod:`memorix_pg.index_builds` (admin steps only) on this autocommit connection."""
+    value: Any = None
+    while True:
+        try:
+            step = operation.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        assert isinstance(step, Admin)
+        value = []
+        for query in step.queries:
+            cursor = conn.execute(query.text, query.params)
+            value.append(Result(cursor.fetchall() if cursor.description else [], cursor.rowcount))
 
 
 def _adopt_new_collections(move: _Move, src: psycopg.Connection[Any]) -> None:

@@ -444,3 +444,30 @@ def _wait(predicate: Any, seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.embedded_server("the session's server must reach the test's source server on 127.0.0.1")
+def test_a_tenant_moves_between_databases_partitioned_by_month(
+    logical_database_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """move_tenant publishes via the root and makes the tenant's months at the destination."""
+    from memorix_pg import MemoryAPI, move_tenant
+
+    source, destination = logical_database_url, database_url
+    monkeypatch.setenv(ENV, "month")
+    upgrade(source)
+    upgrade(destination)
+    monkeypatch.delenv(ENV)
+    stamps = [_months_ago(k, day=3) + timedelta(minutes=k) for k in (14, 9, 2)]
+    alice = MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=source, tenant="a")
+    alice.store_batch(["old", "older", "recent"], ids=["o1", "o2", "o3"], created_at=stamps)
+    alice.store("now")
+    MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=source, tenant="b").store("b's")
+    receipt = move_tenant("a", to=destination, database_url=source, timeout=120)
+    assert receipt.collections == {"notes": 4} and receipt.source_cleaned
+    moved = MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=destination, tenant="a")
+    assert moved.count() == 4
+    assert [m.created_at for m in moved.get(ids=["o1", "o2", "o3"])] == stamps
+    assert {_month_name(t) for t in stamps} <= set(_partitions(destination))
+    assert sql_value(source, "SELECT count(*) FROM memorix.memories WHERE tenant = 'a'") == 0
+    assert sql_value(source, "SELECT count(*) FROM memorix.memories WHERE tenant = 'b'") == 1
