@@ -471,3 +471,32 @@ def test_a_tenant_moves_between_databases_partitioned_by_month(
     assert {_month_name(t) for t in stamps} <= set(_partitions(destination))
     assert sql_value(source, "SELECT count(*) FROM memorix.memories WHERE tenant = 'a'") == 0
     assert sql_value(source, "SELECT count(*) FROM memorix.memories WHERE tenant = 'b'") == 1
+
+
+def test_a_cleanup_that_fails_half_way_leaves_every_month_and_row(make_api, partitioned: str) -> None:  # type: ignore[no-untyped-def]
+    url = partitioned
+    api = make_api("atomic", embedder=f"hash-{DIM}")
+    api.store_batch(
+        ["a", "b", "boom", "c"],
+        ids=["a", "b", "boom", "c"],
+        created_at=[_months_ago(3, day=20), _months_ago(5), _months_ago(6), _months_ago(7)],
+    )
+    with psycopg.connect(url, autocommit=True) as conn:  # the drop of month 6 fails at its history event
+        conn.execute(
+            "CREATE FUNCTION memorix.refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.memory_id = 'boom' AND NEW.operation = 'cleanup' THEN RAISE EXCEPTION 'boom'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON memorix.history FOR EACH ROW "
+            "EXECUTE FUNCTION memorix.refuse_boom()"
+        )
+    before = _partitions(url)
+    with pytest.raises(psycopg.errors.RaiseException, match="boom"):
+        api.cleanup(datetime.now(UTC) - _months_ago(3, day=25))
+    assert _partitions(url) == before and api.count() == 4
+    assert sql_value(url, "SELECT count(*) FROM memorix.history WHERE operation = 'cleanup'") == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER refuse_boom ON memorix.history")
+    assert api.cleanup(datetime.now(UTC) - _months_ago(3, day=25)) == 4
+    assert not {_month_name(_months_ago(k)) for k in (5, 6, 7)} & set(_partitions(url))
