@@ -500,3 +500,39 @@ def test_a_cleanup_that_fails_half_way_leaves_every_month_and_row(make_api, part
         conn.execute("DROP TRIGGER refuse_boom ON memorix.history")
     assert api.cleanup(datetime.now(UTC) - _months_ago(3, day=25)) == 4
     assert not {_month_name(_months_ago(k)) for k in (5, 6, 7)} & set(_partitions(url))
+
+
+def test_a_backup_restores_its_months_and_later_months_are_made(
+    partitioned: str, pg_server_url: str, tmp_path: Any
+) -> None:
+    """pg_dump / pg_restore carry the months, their (absent) grants and the function; the
+    restored database makes the months of later writes itself."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import memorix_pg
+    from memorix_pg import MemoryAPI
+
+    notes = MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=partitioned)
+    notes.store_batch(["old", "new"], ids=["o", "n"], created_at=[_months_ago(9), _months_ago(0)])
+    memorix_pg.backup(tmp_path / "b.dump", database_url=partitioned)
+    name = f"r_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(pg_server_url)._replace(path=f"/{name}"))
+    try:
+        restored = memorix_pg.restore(tmp_path / "b.dump", database_url=url)
+        assert restored.memories == 2
+        assert _partitions(url) == _partitions(partitioned)
+        assert all(_grants(url, p) == [] for p in _partitions(url))
+        copy = MemoryAPI(embedder=f"hash-{DIM}", collection_name="notes", database_url=url)
+        assert copy.get("o").created_at == _months_ago(9)
+        copy.store_batch(["older"], ids=["o2"], created_at=[_months_ago(20)])
+        copy.store("again", id="o")  # the upsert finds it in its month
+        assert _month_name(_months_ago(20)) in _partitions(url)
+        assert copy.count() == 3 and copy.get("o").text == "again"
+    finally:
+        dispose_engine(url)
+        memorix_pg.api.forget_database(url)
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
