@@ -350,6 +350,12 @@ def test_a_missing_month_is_made_and_the_write_retried(make_api, partitioned: st
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("memorix", current)))
     assert api.store("second") and api.count() == 1
     assert current in _partitions(url) and _grants(url, current) == []
+    # The same for the COPY path, with generated ids and with given ones (through its staging table).
+    for ids in (None, [f"c{i}" for i in range(300)]):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("memorix", current)))
+        assert len(api.store_batch([f"bulk {i}" for i in range(300)], ids=ids)) == 300
+        assert api.count() == 300 and current in _partitions(url)
 
 
 def test_an_import_makes_the_months_of_its_lines(partitioned: str, tmp_path: Any) -> None:
