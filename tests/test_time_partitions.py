@@ -391,12 +391,17 @@ def test_an_app_role_cannot_read_around_the_policy_through_a_month(make_api, par
         conn.execute(
             sql.SQL("GRANT SELECT ON memorix.collections, memorix.alembic_version TO {}").format(role)
         )
+        # Default privileges would grant every new table: a new month must still get none.
+        conn.execute(
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA memorix GRANT SELECT ON TABLES TO {}").format(role)
+        )
     app_url = url.replace("postgresql://postgres:@", f"postgresql://{APP_ROLE}:@", 1)
     try:
         # The app role writes an old memory through the library: its month is made for it.
         app = make_api("guarded", embedder=f"hash-{DIM}", tenant="alice", database_url=app_url)
         app.store_batch(["alice's old note"], ids=["old"], created_at=[_months_ago(7)])
         assert _month_name(_months_ago(7)) in _partitions(url)
+        assert _grants(url, _month_name(_months_ago(7))) == []
         assert app.cleanup(timedelta(days=150)) == 1  # not the owner: the DELETE, no drop
         assert _month_name(_months_ago(7)) in _partitions(url)
         with psycopg.connect(app_url, autocommit=True) as conn:
