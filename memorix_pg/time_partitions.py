@@ -93,8 +93,9 @@ def ensure_months(stamps: Sequence[datetime]) -> Operation[None]:
 
 
 def missing_partition(exc: BaseException) -> bool:
-    """The write failed because a row's month has no partition (SQLSTATE 23514)."""
-    return isinstance(exc, pg_errors.CheckViolation) and "no partition of relation" in str(exc)
+    """The write failed because a row's month has no partition: SQLSTATE 23514 like a CHECK
+    constraint, but naming no constraint (the message itself may be translated)."""
+    return isinstance(exc, pg_errors.CheckViolation) and exc.diag.constraint_name is None
 
 
 def upsert_lock(collection_id: int, tenant: str) -> Query:
