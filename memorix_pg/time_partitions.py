@@ -35,16 +35,12 @@ from .models import SCHEMA
 from .steps import Operation, Query, execute
 
 __all__ = [
-    "ENSURE_FUNCTION",
     "ensure_horizon",
     "ensure_months",
-    "forget_horizon",
     "missing_partition",
     "upsert_lock",
     "upsert_statement",
 ]
-
-ENSURE_FUNCTION = f"{SCHEMA}.ensure_month_partitions"
 
 _HORIZON = Query(b"SELECT memorix.ensure_month_partitions(now(), now() + interval '1 month')", prepare=True)
 _MONTHS = Query(
@@ -76,12 +72,6 @@ def ensure_horizon(database: str) -> Operation[None]:
     yield from execute(_HORIZON)
     with _horizons_lock:
         _horizons[database] = month
-
-
-def forget_horizon(database: str) -> None:
-    """Ensure the months again on next write (a partition went missing under this process)."""
-    with _horizons_lock:
-        _horizons.pop(database, None)
 
 
 def ensure_months(stamps: Sequence[datetime]) -> Operation[None]:
