@@ -53,7 +53,7 @@ PRECISIONS = ("full", "half")
 logger = logging.getLogger("memorix_pg")
 
 
-_COLUMNS = (
+_COLUMNS: tuple[sa.ColumnElement[Any], ...] = (
     collections.c.id,
     collections.c.name,
     collections.c.embedder,
@@ -62,6 +62,11 @@ _COLUMNS = (
     collections.c.precision,
     collections.c.text_search_config,
     collections.c.vector_slot,
+    # Whether memories is partitioned by month (migration 0011; time_partitions.py).
+    sa.literal_column(
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_partitioned_table p "
+        "WHERE p.partrelid = 'memorix.memories'::regclass AND p.partstrat = 'r')"
+    ).label("time_partitioned"),
 )
 
 

@@ -47,9 +47,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
 
 from .models import memories
+from .planner import Planner
 from .query_vector import QueryVector
 from .scope import Scope
-from .search import Planner, SearchPlan, search_settings, vector_plan
+from .search import SearchPlan, search_settings, vector_plan
 from .statements import Filter, cached
 from .steps import Operation, execute
 from .vector_index import QUERY_VECTOR, CollectionInfo, distance_expression, stored_vectors

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from . import time_partitions
 from .models import SCHEMA, TS_CONFIG_SETTING
 from .scope import stored_tenant
 from .steps import Copy, Operation, Query, execute, fetch_one
@@ -37,6 +39,8 @@ __all__ = ["COPY_MIN_ROWS", "MemoryRows", "write_memories"]
 COPY_MIN_ROWS = 256
 
 _TABLE = sql.Identifier(SCHEMA, "memories")
+# A partitioned write's retry point (see _write_partitioned).
+_SAVEPOINT = Query(b"SAVEPOINT memorix_partition")
 _COLUMNS = ("id", "collection_id", "text", "<vector>", "metadata", "content_hash", "expires_at", "tenant")
 
 
@@ -104,6 +108,26 @@ def _insert_sql(info: CollectionInfo, upsert: bool) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _partitioned_upsert_sql(info: CollectionInfo) -> bytes:
+    """:func:`_insert_sql`'s upsert on a table partitioned by month (time_partitions.py): the
+    same rows, updated where their id is stored and inserted elsewhere."""
+    vector_type = sql.SQL("halfvec[]" if info.precision == "half" else "vector[]")
+    columns = _columns(info)
+    prefix = sql.SQL(
+        "WITH u AS MATERIALIZED (SELECT v.*, coalesce(v.created_at, clock_timestamp()) AS at "
+        "FROM unnest(%(ids)s::text[], %(texts)s::text[], %(vectors)b::{vector_type}, "
+        "%(metadatas)s::jsonb[], %(hashes)s::bytea[], %(created)s::timestamptz[]) "
+        "AS v(id, text, embedding, metadata, content_hash, created_at)), "
+        "r ({columns}) AS MATERIALIZED (SELECT u.id, %(collection_id)s::bigint, u.text, u.embedding, "
+        "u.metadata, u.content_hash, %(expires_at)s::timestamptz, %(tenant)s::text, u.at, u.at FROM u),"
+    ).format(vector_type=vector_type, columns=sql.SQL(", ").join(map(sql.Identifier, columns)))
+    statement = time_partitions.upsert_statement(
+        sql.Identifier("r"), columns, embedding_column_name(info), prefix
+    )
+    return statement.as_bytes(None)
+
+
 def _vector_values(info: CollectionInfo, vectors: npt.NDArray[np.float32]) -> list[Any]:
     return [vector_value(info, v) for v in vectors]
 
@@ -128,8 +152,16 @@ def _insert(
         # clock_timestamp() per row when not given: rows of one batch get distinct, increasing times.
         "created": rows.created_at if rows.created_at is not None else [None] * len(rows),
     }
-    query = Query(_insert_sql(info, upsert), params, prepare=True)
-    return len((yield from execute(query, final=commit, settings=ts_config_settings(info)))[0].rows)
+    settings = ts_config_settings(info)
+    if not info.time_partitioned:
+        query = Query(_insert_sql(info, upsert), params, prepare=True)
+        return len((yield from execute(query, final=commit, settings=settings))[0].rows)
+    if not upsert:
+        query = Query(_insert_sql(info, False), params, prepare=True)
+        return len((yield from execute(_SAVEPOINT, query, settings=settings))[1].rows)
+    lock = time_partitions.upsert_lock(info.id, stored_tenant(tenant))
+    query = Query(_partitioned_upsert_sql(info), params, prepare=True)
+    return len((yield from execute(_SAVEPOINT, lock, query, settings=settings))[2].rows)
 
 
 def ts_config_settings(info: CollectionInfo) -> tuple[tuple[str, str], ...]:
@@ -153,6 +185,8 @@ def _copy_records(
 def _copy_rows(
     info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, upsert: bool, tenant: str | None
 ) -> Operation[int]:
+    if info.time_partitioned:
+        yield from execute(_SAVEPOINT)  # a missing month is retried from here, staging table and all
     if settings := ts_config_settings(info):
         yield from execute(Query(b"SELECT 1"), settings=settings)
     if rows.created_at is None:
@@ -184,10 +218,18 @@ def _copy_rows(
     written: int = yield Copy(copy, types, _copy_records(info, rows, expires_at, tenant))
     if not upsert:
         return written
+    drop = Query(sql.SQL("DROP TABLE {}").format(target))
+    if info.time_partitioned:
+        lock = time_partitions.upsert_lock(info.id, stored_tenant(tenant))
+        merged = time_partitions.upsert_statement(
+            target, _columns(info), embedding_column_name(info), sql.SQL("WITH")
+        )
+        results = yield from execute(lock, Query(merged), drop)
+        return len(results[1].rows)
     merge = sql.SQL("INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} {upsert}").format(
         table=_TABLE, columns=columns, staging=target, upsert=_upsert_clause(info)
     )
-    results = yield from execute(Query(merge), Query(sql.SQL("DROP TABLE {}").format(target)))
+    results = yield from execute(Query(merge), drop)
     return results[0].rowcount
 
 
@@ -205,7 +247,36 @@ def write_memories(
     ``commit``: new ids (no upsert) cannot conflict, so a small batch's INSERT may carry the
     COMMIT in its own round trip.
     """
-    if len(rows) >= COPY_MIN_ROWS:
+    if info.time_partitioned:
+        yield from _write_partitioned(info, rows, expires_at, upsert, tenant)
+    elif len(rows) >= COPY_MIN_ROWS:
         yield from _copy_rows(info, rows, expires_at, upsert, tenant)
     else:
         yield from _insert(info, rows, expires_at, tenant, commit and not upsert, upsert)
+
+
+def _write_partitioned(
+    info: CollectionInfo, rows: MemoryRows, expires_at: datetime | None, upsert: bool, tenant: str | None
+) -> Operation[None]:
+    """:func:`write_memories` on a table partitioned by month: the rows' own months are ensured
+    first; a write that still finds a month missing (its partition dropped since this process
+    ensured it) is undone to its savepoint, the months ensured, and run once more."""
+    if rows.created_at is not None:
+        yield from time_partitions.ensure_months(rows.created_at)
+
+    def write() -> Operation[int]:
+        if len(rows) >= COPY_MIN_ROWS:
+            return (yield from _copy_rows(info, rows, expires_at, upsert, tenant))
+        return (yield from _insert(info, rows, expires_at, tenant, False, upsert))
+
+    try:
+        yield from write()
+        return
+    except pg_errors.CheckViolation as exc:
+        if not time_partitions.missing_partition(exc):
+            raise
+    yield from execute(Query(b"ROLLBACK TO SAVEPOINT memorix_partition"))
+    now = yield from fetch_one(Query(b"SELECT now()"))
+    assert now is not None
+    yield from time_partitions.ensure_months([*(rows.created_at or []), now[0]])
+    yield from write()

@@ -109,6 +109,8 @@ class CollectionInfo:
     precision: str
     text_search_config: str = "simple"  # the configuration of its memories' ``text_search``
     slot: int = 0  # which pair of vector columns holds its vectors (a re-embedding switches it)
+    # memories is partitioned by month of created_at (migration 0011): see time_partitions.py
+    time_partitioned: bool = False
 
     @property
     def index_type(self) -> str:

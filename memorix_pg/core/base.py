@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import reads
+from .. import reads, time_partitions
 from .. import reembed as reembedding
 from ..cache import CacheInfo
 from ..catalog import drop_collection, open_collection, read_metadata_schema, write_metadata_schema
@@ -177,7 +177,9 @@ class CoreBase:
         ``read``: it only reads, so it may run on a standby."""
 
         def make() -> Operation[Any]:
-            yield from self.opened()
+            info = yield from self.opened()
+            if info.time_partitioned and not read:  # this month's and next month's partitions
+                yield from time_partitions.ensure_horizon(self.url)
             try:
                 return (yield from body(self.scope))
             except GeneratorExit:

@@ -31,7 +31,10 @@ class Maintenance(CoreBase):
     def cleanup(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = positive_timedelta(older_than, "older_than")
         f = self.compiled_filter(filter)
-        return self.scoped(lambda scope: lifecycle.cleanup(scope, self.planner, f, age), operation="cleanup")
+        return self.scoped(
+            lambda scope: lifecycle.cleanup(scope, self.planner, f, age, unfiltered=filter is None),
+            operation="cleanup",
+        )
 
     def count_older_than(self, older_than: timedelta, filter: Mapping[str, Any] | None) -> Call[int]:
         age = positive_timedelta(older_than, "older_than")

@@ -8,20 +8,26 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import memories
+from ..planner import Planner
 from ..reads import count
 from ..scope import Scope
-from ..search import Planner
 from ..statements import Filter, compile_where
 from ..steps import Operation
 from ..writes import delete_where
+from .partitions import cleanup_by_drop
 
 __all__ = ["cleanup", "count_older_than", "purge_expired"]
 
 _OLDER = memories.c.created_at < sa.func.now() - sa.bindparam("age", type_=sa.Interval())
 
 
-def cleanup(scope: Scope, planner: Planner, f: Filter, age: timedelta) -> Operation[int]:
-    """Delete live memories stored more than ``age`` ago (and matching ``f``)."""
+def cleanup(
+    scope: Scope, planner: Planner, f: Filter, age: timedelta, *, unfiltered: bool = False
+) -> Operation[int]:
+    """Delete live memories stored more than ``age`` ago (and matching ``f``). ``unfiltered`` (no
+    filter given) on a table partitioned by month: whole months are dropped (partitions.py)."""
+    if unfiltered and scope.info.time_partitioned:
+        return (yield from cleanup_by_drop(scope, planner, f, age))
     where = sa.and_(scope.live(f), _OLDER)
     return (yield from delete_where(scope, planner, where, f, "older than", {"age": age}))
 

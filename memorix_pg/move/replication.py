@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -14,8 +14,10 @@ from psycopg.types.json import Jsonb
 
 from ..database import redact_url
 from ..errors import ConfigurationError, MemorixError
+from ..index_builds import build_concurrently, memories_partitions
 from ..models import SCHEMA
-from ..vector_index import create_index_sql
+from ..steps import Admin, Operation, Result
+from ..vector_index import create_index_sql, index_definition, index_name
 from .preconditions import check_destination_collection, tenant_collections
 from .state import (
     COLLECTIONS,
@@ -39,6 +41,8 @@ __all__ = [
     "wait_for_initial_sync",
 ]
 
+T = TypeVar("T")
+
 
 def prepare_destination(move: Move) -> None:
     """Mark where the destination's history stood (an undo removes what follows) and create the
@@ -48,6 +52,29 @@ def prepare_destination(move: Move) -> None:
             scalar(dst, sql.SQL("SELECT coalesce(max(event_id), 0) FROM {}").format(HISTORY))
         )
         _create_collections(dst, move, [c for c in move.collections if not c.exists_at_destination])
+        _ensure_months(move, dst)
+
+
+def _ensure_months(move: Move, dst: psycopg.Connection[Any]) -> None:
+    """A destination partitioned by month (migration 0011) gets the months of the tenant's
+    memories, and the current and next month, before the copy brings them."""
+    if scalar(dst, "SELECT to_regproc('memorix.ensure_month_partitions') IS NULL"):
+        return
+    with connect(move.source) as src:
+        months = [
+            r[0]
+            for r in src.execute(
+                sql.SQL(
+                    "SELECT DISTINCT date_trunc('month', created_at, 'UTC') FROM {} WHERE tenant = %s"
+                ).format(MEMORIES),
+                (move.tenant,),
+            )
+        ]
+    dst.execute(
+        "SELECT memorix.ensure_month_partitions(m, m) FROM unnest(%s::timestamptz[]) AS m ORDER BY m",
+        (months,),
+    )
+    dst.execute("SELECT memorix.ensure_month_partitions(now(), now() + interval '1 month')")
 
 
 def _create_collections(dst: psycopg.Connection[Any], move: Move, missing: list[TenantCollection]) -> None:
@@ -136,7 +163,11 @@ def start_replication(move: Move) -> None:
                 move.previous_identity = restore
         # Never TRUNCATE: it would empty the destination's table, every tenant's rows included.
         src.execute(
-            sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WHERE (tenant = {}) WITH (publish = {})").format(
+            # Via the root: a source partitioned by month publishes its rows as memories' own.
+            sql.SQL(
+                "CREATE PUBLICATION {} FOR TABLE {} WHERE (tenant = {}) "
+                "WITH (publish = {}, publish_via_partition_root = true)"
+            ).format(
                 sql.Identifier(move.name), MEMORIES, sql.Literal(move.tenant), sql.Literal(move.publish)
             )
         )
@@ -215,10 +246,31 @@ def build_indexes(move: Move, collections: list[TenantCollection] | None = None)
     """The HNSW index of each collection created here, built once over the copied rows."""
     built = move.created if collections is None else collections
     with connect(move.destination) as dst:
+        partitions = _admin_steps(dst, memories_partitions())
         for collection in built:
-            dst.execute(create_index_sql(collection.info, concurrently=True, rows=collection.count))
+            if partitions:  # CONCURRENTLY is refused on a partitioned parent: each partition's, attached
+                info = collection.info
+                definition = index_definition(info, collection.count)
+                _admin_steps(dst, build_concurrently(index_name(info), definition, partitions))
+            else:
+                dst.execute(create_index_sql(collection.info, concurrently=True, rows=collection.count))
         if built:
             dst.execute(sql.SQL("ANALYZE {}").format(MEMORIES))
+
+
+def _admin_steps(conn: psycopg.Connection[Any], operation: Operation[T]) -> T:
+    """An operation of :mod:`memorix_pg.index_builds` (admin steps only) on this autocommit connection."""
+    value: Any = None
+    while True:
+        try:
+            step = operation.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        assert isinstance(step, Admin)
+        value = []
+        for query in step.queries:
+            cursor = conn.execute(query.text, query.params)
+            value.append(Result(cursor.fetchall() if cursor.description else [], cursor.rowcount))
 
 
 def adopt_new_collections(move: Move, src: psycopg.Connection[Any]) -> None:
