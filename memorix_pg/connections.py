@@ -262,9 +262,10 @@ class _AsyncPool(AsyncSource):
         self._slots = asyncio.BoundedSemaphore(options.pool_size + options.max_overflow)
 
     async def acquire(self) -> psycopg.AsyncConnection[Any]:
-        if self._slots.locked():  # wait_for wraps its awaitable in a task: only when waiting
+        if self._slots.locked():  # a deadline only when waiting (asyncio.timeout: no extra task)
             try:
-                await asyncio.wait_for(self._slots.acquire(), self.options.pool_timeout)
+                async with asyncio.timeout(self.options.pool_timeout):
+                    await self._slots.acquire()
             except TimeoutError:
                 raise _pool_exhausted(self.options) from None
         else:

@@ -32,6 +32,7 @@ from .steps import Admin, Batch, Call, Copy, Offload, Operation, Query, Result, 
 __all__ = ["AsyncRunner", "SyncRunner", "translate", "watch_statements"]
 
 T = TypeVar("T")
+C = TypeVar("C", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 
 # The foreign key from a memory to its collection (migration 0001's name): a write into a
 # collection that another object dropped breaks it.
@@ -78,6 +79,18 @@ def translate(exc: BaseException, url: str) -> BaseException:
 
 _watchers: dict[str, list[list[tuple[str, Any]]]] = {}
 _watchers_lock = threading.Lock()
+
+
+def _distinct(conn: C | None, admin: C | None) -> list[C]:
+    """The connections an operation holds, each once: the admin steps share the transaction's
+    connection while it has no transaction open, so that a pool of one connection serves every
+    call (an index build, or the index check at open, would wait for a second one forever)."""
+    out: list[C] = []
+    if conn is not None:
+        out.append(conn)
+    if admin is not None and admin is not conn:
+        out.append(admin)
+    return out
 
 
 @contextmanager
@@ -208,10 +221,11 @@ class SyncRunner:
                             tx.open = False
                             self._send(conn, [_ROLLBACK])
                     elif isinstance(step, Admin):
-                        admin = admin or self._acquire()
+                        if admin is None or (admin is conn and tx.open):
+                            admin = conn if conn is not None and not tx.open else self._acquire()
                         value = self._send(admin, list(step.queries))
                     else:
-                        conn = conn or self._acquire()
+                        conn = conn or admin or self._acquire()
                         value = self._in_transaction(conn, tx, step)
                 except psycopg.Error as exc:
                     if is_lost(exc, conn if not isinstance(step, Admin) else admin):
@@ -228,9 +242,8 @@ class SyncRunner:
                 raise
             raise translated from None
         finally:
-            for held in (conn, admin):
-                if held is not None:
-                    self._give_back(held)
+            for held in _distinct(conn, admin):
+                self._give_back(held)
 
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
         status = conn.info.transaction_status
@@ -333,10 +346,11 @@ class AsyncRunner:
                             tx.open = False
                             await self._send(conn, [_ROLLBACK])
                     elif isinstance(step, Admin):
-                        admin = admin or await self._acquire()
+                        if admin is None or (admin is conn and tx.open):
+                            admin = conn if conn is not None and not tx.open else await self._acquire()
                         value = await self._send(admin, list(step.queries))
                     else:
-                        conn = conn or await self._acquire()
+                        conn = conn or admin or await self._acquire()
                         value = await self._in_transaction(conn, tx, step)
                 except psycopg.Error as exc:
                     if is_lost(exc, conn if not isinstance(step, Admin) else admin):
@@ -353,9 +367,8 @@ class AsyncRunner:
                 raise
             raise translated from None
         finally:
-            for held in (conn, admin):
-                if held is not None:
-                    await self._give_back(held)
+            for held in _distinct(conn, admin):
+                await self._give_back(held)
 
     async def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
         status = conn.info.transaction_status

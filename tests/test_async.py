@@ -13,6 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from memorix_pg import AsyncMemoryAPI, MemoryAPI
+from memorix_pg.errors import DatabaseUnavailable
 from memorix_pg.runner import watch_statements
 from tests.support.helpers import CountingEmbedder, sql_value, unit_vectors
 
@@ -162,3 +163,34 @@ def test_a_users_pool_or_engine_serves_the_calls(database_url: str) -> None:
                 return await memory.count()
 
     assert asyncio.run(scenario()) == 2
+
+
+class VerySlowEmbedder(CountingEmbedder):
+    """Holds a store's connection for a second: a deduplicating store embeds after its lock."""
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(1.0)
+        return super().embed(texts)
+
+
+def test_a_call_that_finds_no_free_connection_in_time_says_so(database_url: str) -> None:
+    async def scenario() -> str:
+        async with AsyncMemoryAPI(
+            embedder=VerySlowEmbedder(),
+            collection_name="crowded",
+            database_url=database_url,
+            dedupe=True,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=0.3,
+        ) as memory:
+            slow = asyncio.create_task(memory.store_batch(["holds the only connection"]))
+            await asyncio.sleep(0.3)
+            with pytest.raises(DatabaseUnavailable, match=r"within 0.3 s \(pool_size=1, max_overflow=0\)"):
+                await memory.count()
+            await slow
+            return str(await memory.count())  # the pool serves again once the connection is back
+
+    assert asyncio.run(scenario()) == "1"
