@@ -101,6 +101,23 @@ def memorix_database() -> Iterator[tuple[str | None, Path | None]]:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+HISTORY_TRIGGERS = ("memories_history_insert", "memories_history_update", "memories_history_delete")
+
+
+def set_history(url: str, on: bool) -> None:
+    """Turn the history triggers of migration 0007 on or off (a benchmark's sides with and
+    without them, or a load whose events nobody measures)."""
+    import psycopg
+    from psycopg import sql
+
+    how = sql.SQL("ENABLE" if on else "DISABLE")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in HISTORY_TRIGGERS:
+            conn.execute(
+                sql.SQL("ALTER TABLE memorix.memories {} TRIGGER {}").format(how, sql.Identifier(name))
+            )
+
+
 def drop_memorix_collections(url: str, names: list[str]) -> None:
     """Remove benchmark collections (and their partial HNSW indexes) from a shared database."""
     import psycopg

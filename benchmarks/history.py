@@ -36,24 +36,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CATEGORIES, Dataset, ResultTable, environment, memorix_database, synthetic_memories, timer
+from common import (
+    CATEGORIES,
+    Dataset,
+    ResultTable,
+    environment,
+    memorix_database,
+    set_history,
+    synthetic_memories,
+    timer,
+)
 
 OPS = ("store_batch", "cleanup", "archive")
-TRIGGERS = ("memories_history_insert", "memories_history_update", "memories_history_delete")
 ARCHIVE_CATEGORY = CATEGORIES[3]
 OLD_SHARE = 0.1
 
 
-def set_history(url: str, on: bool) -> None:
-    import psycopg
-    from psycopg import sql
-
-    how = sql.SQL("ENABLE" if on else "DISABLE")
-    with psycopg.connect(url, autocommit=True) as conn:
-        for name in TRIGGERS:
-            conn.execute(
-                sql.SQL("ALTER TABLE memorix.memories {} TRIGGER {}").format(how, sql.Identifier(name))
-            )
 
 
 def events(url: str) -> int:

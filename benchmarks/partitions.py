@@ -51,11 +51,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ResultTable, environment, memorix_database, synthetic_memories
+from common import ResultTable, environment, memorix_database, set_history, synthetic_memories
 
 SIDES = ("partitioned", "one table")
 COLLECTION = "bench"
-TRIGGERS = ("memories_history_insert", "memories_history_update", "memories_history_delete")
 COPY_CHUNK = 50_000
 
 
@@ -119,16 +118,6 @@ def create_databases(server_url: str) -> dict[str, str]:
     return urls
 
 
-def set_history(url: str, on: bool) -> None:
-    import psycopg
-    from psycopg import sql
-
-    how = sql.SQL("ENABLE" if on else "DISABLE")
-    with psycopg.connect(url, autocommit=True) as conn:
-        for name in TRIGGERS:
-            conn.execute(
-                sql.SQL("ALTER TABLE memorix.memories {} TRIGGER {}").format(how, sql.Identifier(name))
-            )
 
 
 def collection_info(url: str) -> Any:

@@ -23,7 +23,7 @@ from memorix_pg import MemorixError
 from memorix_pg.crypto import generate_key
 from memorix_pg.database import dispose_engine, get_engine
 from memorix_pg.migrate import current_revision, downgrade, head_revision, upgrade
-from tests.support.helpers import sql_rows, sql_value, unit_vectors
+from tests.support.helpers import app_role_url, sql_rows, sql_value, unit_vectors
 
 PARTITIONS = 4
 TENANTS = ("alice", "bob", None)
@@ -288,12 +288,7 @@ def test_an_app_role_cannot_read_around_the_policy_through_a_partition(make_api,
     make_api("guarded", embedder=f"hash-{DIM}", tenant="alice").store("alice's secret")
     make_api("guarded", embedder=f"hash-{DIM}", tenant="bob").store("bob's secret")
     role = sql.Identifier(APP_ROLE)
-    with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(role))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA memorix TO {}").format(role))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON memorix.memories TO {}").format(role))
-    app_url = url.replace("postgresql://postgres:@", f"postgresql://{APP_ROLE}:@", 1)
+    app_url = app_role_url(url, APP_ROLE)
     partitions = _partitions(url, "memories")
     try:
         with psycopg.connect(app_url, autocommit=True) as conn:

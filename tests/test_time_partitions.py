@@ -22,7 +22,7 @@ from psycopg import sql
 from memorix_pg import MemorixError
 from memorix_pg.database import dispose_engine, get_engine
 from memorix_pg.migrate import current_revision, downgrade, head_revision, upgrade
-from tests.support.helpers import sql_rows, sql_value, unit_vectors
+from tests.support.helpers import app_role_url, sql_rows, sql_value, unit_vectors
 
 DIM = 16
 APP_ROLE = "memorix_timeparts_app"
@@ -383,11 +383,8 @@ def test_an_app_role_cannot_read_around_the_policy_through_a_month(make_api, par
     make_api("guarded", embedder=f"hash-{DIM}", tenant="alice").store("alice's secret")
     make_api("guarded", embedder=f"hash-{DIM}", tenant="bob").store("bob's secret")
     role = sql.Identifier(APP_ROLE)
+    app_url = app_role_url(url, APP_ROLE)
     with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(role))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA memorix TO {}").format(role))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON memorix.memories TO {}").format(role))
         conn.execute(
             sql.SQL("GRANT SELECT ON memorix.collections, memorix.alembic_version TO {}").format(role)
         )
@@ -395,7 +392,6 @@ def test_an_app_role_cannot_read_around_the_policy_through_a_month(make_api, par
         conn.execute(
             sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA memorix GRANT SELECT ON TABLES TO {}").format(role)
         )
-    app_url = url.replace("postgresql://postgres:@", f"postgresql://{APP_ROLE}:@", 1)
     try:
         # The app role writes an old memory through the library: its month is made for it.
         app = make_api("guarded", embedder=f"hash-{DIM}", tenant="alice", database_url=app_url)

@@ -68,6 +68,21 @@ def sql_exec(url: str, statement: str, params: Sequence[Any] = ()) -> None:
         conn.execute(statement, params)  # type: ignore[arg-type]
 
 
+def app_role_url(url: str, role: str) -> str:
+    """``url`` as an application role (LOGIN, no superuser, no BYPASSRLS; made if missing) that
+    may use the schema and read and write ``memorix.memories`` only: the least privilege the
+    README asks for. Drop what it owns with ``DROP OWNED BY`` when done."""
+    from psycopg import sql
+
+    name = sql.Identifier(role)
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(name))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA memorix TO {}").format(name))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON memorix.memories TO {}").format(name))
+    return url.replace("postgresql://postgres:@", f"postgresql://{role}:@", 1)
+
+
 def python_env(**overrides: str | None) -> dict[str, str]:
     """``os.environ`` with ``overrides`` applied (None removes a variable)."""
     env = dict(os.environ)
