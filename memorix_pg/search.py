@@ -20,8 +20,9 @@ collection and filter is cached:
    If the walk returns fewer than k rows, the exact scan runs: a search never returns fewer
    than ``min(k, matches)``. A walk that returns k rows is checked against a sample of the
    collection kept in memory (traps.py): a sampled row nearer than its k-th result that it did
-   not return means the walk was trapped away from the query's neighbours; a wider walk, then
-   the exact scan, follow. Measured in benchmarks/results/recall.md.
+   not return means the walk was trapped away from the query's neighbours; the exact scan
+   follows over at most ``EXACT_AFTER_TRAP_ROWS`` rows, else a wider walk, then the exact scan
+   if that is trapped too. Measured in benchmarks/results/recall.md.
 
 The thresholds, and the measurements behind them, are in planner.py.
 """
@@ -95,6 +96,11 @@ __all__ = [
 HNSW_OVERFETCH = 4  # relaxed order returns matches roughly by distance: fetch 4k, keep k
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set so a server-wide change cannot end scans early
 EF_TRAPPED = 400  # a trapped walk is walked again with at least this ef_search (see traps.py)
+# ... unless it walked at most this many rows: then the exact scan answers at once. At 20k rows
+# it costs a few milliseconds more than the wider walk, for the few walks that trap, and a wider
+# walk may stay half-trapped with no sampled row to show it (seen on a sparse graph of 6,000
+# rows: recall 0.4 after ef_search 400, once in ~200 trapped walks).
+EXACT_AFTER_TRAP_ROWS = 20_000
 CANDIDATES_MAX = 32  # sampled rows confirmed against the table per walk, at most
 # Planner costs for the transaction. The exact scan's rows are read by random access to pages
 # that are normally cached, and PostgreSQL underprices a GIN scan of a frequent key (a 50% key's
@@ -362,6 +368,11 @@ def search(
         # An unfiltered walk's candidates come from the sample alone (rows deleted since it was
         # read are false alarms): they are confirmed in the same round trip as the wider walk.
         planner.traps_found += 1
+        if p.estimated <= EXACT_AFTER_TRAP_ROWS:
+            exact_scan = _exact(scope, f, where, params, _settings(None), embeddings, explain)
+            fallback, counted = yield from exact_scan
+            why = f"{reason}, trapped ({len(missed)} rows nearer than its {k}th result missed): exact scan"
+            return fallback, plan("exact", why, counted, ef, trapped=True)
         wider = max(EF_TRAPPED, min(EF_MAX, 4 * ef))
         again = yield from execute(
             walk,
