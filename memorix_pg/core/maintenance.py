@@ -32,7 +32,7 @@ class Maintenance(CoreBase):
         age = positive_timedelta(older_than, "older_than")
         f = self.compiled_filter(filter)
         return self.scoped(
-            lambda scope: lifecycle.cleanup(scope, self.planner, f, age, unfiltered=filter is None),
+            lambda scope: lifecycle.cleanup(scope, self.planner, f, age, unfiltered=not filter),
             operation="cleanup",
         )
 
