@@ -19,12 +19,17 @@ from tests.support.helpers import CountingEmbedder, sql_value, unit_vectors
 
 
 class SlowEmbedder(CountingEmbedder):
-    """Embeds slowly, so a call can be cancelled while its transaction is open."""
+    """Embeds slowly, so a call can be cancelled while its transaction is open (or, a deduplicating
+    store embedding after its lock, holds its connection meanwhile)."""
+
+    def __init__(self, dim: int = 32, delay: float = 0.05) -> None:
+        super().__init__(dim)
+        self.delay = delay
 
     def embed(self, texts):  # type: ignore[no-untyped-def]
         import time
 
-        time.sleep(0.05)
+        time.sleep(self.delay)
         return super().embed(texts)
 
 
@@ -165,20 +170,10 @@ def test_a_users_pool_or_engine_serves_the_calls(database_url: str) -> None:
     assert asyncio.run(scenario()) == 2
 
 
-class VerySlowEmbedder(CountingEmbedder):
-    """Holds a store's connection for a second: a deduplicating store embeds after its lock."""
-
-    def embed(self, texts):  # type: ignore[no-untyped-def]
-        import time
-
-        time.sleep(1.0)
-        return super().embed(texts)
-
-
 def test_a_call_that_finds_no_free_connection_in_time_says_so(database_url: str) -> None:
     async def scenario() -> str:
         async with AsyncMemoryAPI(
-            embedder=VerySlowEmbedder(),
+            embedder=SlowEmbedder(delay=1.0),  # holds the store's connection for a second
             collection_name="crowded",
             database_url=database_url,
             dedupe=True,
