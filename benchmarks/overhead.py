@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -261,6 +262,7 @@ def throughput(
 ) -> dict[str, Any]:
     """Unfiltered retrieves per second with 1, 8 and 32 in flight: async tasks vs threads."""
     out: dict[str, Any] = {}
+    postmaster = _postmaster(sync.database_url)
     for width in (1, 8, 32):
 
         async def tasks(width: int = width) -> int:
@@ -276,7 +278,18 @@ def throughput(
             await asyncio.gather(*(worker(k) for k in range(width)))
             return done
 
+        cpu = time.process_time(), _server_cpu_seconds(postmaster)
         out[f"async x{width}/s"] = round(loop.run_until_complete(tasks()) / seconds, 1)
+        if width == 1:
+            # What one call costs the 2 shared cores, client and server: no number of tasks can
+            # run more calls a second than cores / that, so x32 / x1 is bounded by it too.
+            client, server = time.process_time() - cpu[0], _server_cpu_seconds(postmaster) - cpu[1]
+            calls = out["async x1/s"] * seconds
+            out["client cpu ms/call"] = round(1000 * client / calls, 3)
+            out["server cpu ms/call"] = round(1000 * server / calls, 3) if postmaster else None
+            if postmaster:
+                bound = (os.cpu_count() or 1) / ((client + server) / calls)
+                out["bound of x32 / x1 (cores / cpu per call)"] = round(bound / out["async x1/s"], 2)
         end = time.perf_counter() + seconds
 
         def thread_worker(k: int, end: float = end) -> int:
@@ -290,6 +303,32 @@ def throughput(
             out[f"threads x{width}/s"] = round(sum(pool.map(thread_worker, range(width))) / seconds, 1)
     out["async x32 / x1"] = round(out["async x32/s"] / out["async x1/s"], 2)
     return out
+
+
+def _postmaster(url: str) -> int | None:
+    """The pid of the server's postmaster when it runs on this machine (/proc shows it), else None."""
+    with psycopg.connect(url) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    try:
+        text = Path(f"/proc/{backend}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def _server_cpu_seconds(postmaster: int | None) -> float:
+    """CPU time used so far by the server's processes: the postmaster's children (0.0 without one)."""
+    if postmaster is None:
+        return 0.0
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == postmaster or stat.parent.name == str(postmaster):
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def ingest(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:

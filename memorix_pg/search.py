@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 
-from .connections import SESSION_SETTINGS
+from .connections import PLANNER_COSTS
 from .models import memories
 from .planner import (
     EF_MAX,
@@ -108,7 +108,7 @@ CANDIDATES_MAX = 32  # sampled rows confirmed against the table per walk, at mos
 # scans onto a selective range to save heap reads that cost microseconds. Measured on the
 # server, 100k rows: AND (50% key, range) at 0.1%: 7.2 -> 0.8 ms; at 1%: 12.6 -> 8.4 ms; OR of
 # two such ANDs at 1%: 21.5 -> 6.5 ms; other cells unchanged, and the walks still use HNSW.
-PLANNER_COSTS = tuple(sorted(SESSION_SETTINGS))  # random_page_cost 1.1, cpu_index_tuple_cost 0.05
+# PLANNER_COSTS (connections.py): random_page_cost 1.1, cpu_index_tuple_cost 0.05
 
 _RESULT_COLUMNS = (
     memories.c.id,
