@@ -3,9 +3,10 @@
 A collection keeps its vectors in one of two slots (``collections.vector_slot``, migration
 0009). A run fills the other slot while reads and writes keep using the current one:
 
-1. **fill**: batches in id order of the memories whose new-slot vector is missing. Each batch
-   is one transaction that writes the vectors and the run's progress (``reembed_runs.after_id``),
-   so a run killed at any point resumes after its last committed batch. A vector is written only
+1. **fill**: batches in (tenant, id) order of the memories whose new-slot vector is missing
+   (two tenants may hold the same id). Each batch is one transaction that writes the vectors and
+   the run's progress (``reembed_runs.after_id``: the JSON array ``[tenant, id]`` of its last
+   row), so a run killed at any point resumes after its last committed batch. A vector is written only
    if the memory's content hash is still the one that was embedded; a text changed later clears
    the new vector (trigger ``reembed_stale``). A process that opened the collection during the
    run computes both vectors of what it writes (:func:`follow`); one that opened it before
@@ -26,6 +27,7 @@ its collection's dimension (see :mod:`memorix_pg.vector_index`).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ from .embedding import Embedding
 from .errors import ConfigurationError, EmbedderMismatch, PermissionDenied
 from .index_builds import drop_index
 from .models import SCHEMA
+from .scope import stored_tenant
 from .steps import Admin, Operation, Query, ensure, execute, fetch_all, fetch_one, offload, set_local
 from .vector_index import (
     CollectionInfo,
@@ -212,35 +215,71 @@ def _missing_where(new: CollectionInfo) -> sql.Composed:
     return sql.SQL("collection_id = %(cid)s AND {} IS NULL AND {} IS NULL").format(full, half)
 
 
-def _missing(new: CollectionInfo, n: int, after: str = "") -> Operation[list[tuple[Any, ...]]]:
-    """Up to ``n`` memories after id ``after`` that lack their new vector, in id order."""
+_START = ("", "")  # before every (tenant, id): ids are never empty
+
+
+def _marker(after: tuple[str, str]) -> str:
+    """A position as ``reembed_runs.after_id`` keeps it (the column predates tenants' own ids)."""
+    return json.dumps(list(after))
+
+
+def _position(marker: str) -> tuple[str, str] | None:
+    """The (tenant, id) a run's marker names; None for ``''`` or a bare id an older version wrote,
+    which cannot say whose id it was: the pass starts from the first row. Any position read
+    is safe: the fill ends with a pass from the first row, and only missing vectors are written."""
+    try:
+        found = json.loads(marker)
+    except ValueError:
+        return None
+    if isinstance(found, list) and len(found) == 2 and all(isinstance(part, str) for part in found):
+        return (found[0], found[1])
+    return None
+
+
+def _missing(
+    new: CollectionInfo, n: int, after: tuple[str, str] = _START
+) -> Operation[list[tuple[Any, ...]]]:
+    """Up to ``n`` memories after ``after`` (tenant, id) that lack their new vector, in that
+    order. The row comparison holds the collection too, so the primary key's index serves it."""
     query = sql.SQL(
-        "SELECT id, text, content_hash FROM {} WHERE {} AND id > %(after)s ORDER BY id LIMIT %(n)s"
+        "SELECT tenant, id, text, content_hash FROM {} WHERE {} "
+        "AND (tenant, collection_id, id) > (%(after_tenant)s, %(cid)s, %(after)s) "
+        "ORDER BY tenant, collection_id, id LIMIT %(n)s"
     ).format(_MEMORIES, _missing_where(new))
-    return (yield from fetch_all(Query(query, {"cid": new.id, "after": after, "n": n})))
+    params = {"cid": new.id, "after_tenant": after[0], "after": after[1], "n": n}
+    return (yield from fetch_all(Query(query, params)))
 
 
 def _write_vectors(
     new: CollectionInfo, sealer: Sealer, target: Embedding, rows: Sequence[tuple[Any, ...]]
 ) -> Operation[int]:
-    """Embed ``rows`` (id, stored text, hash) and write their new vectors (one UPDATE): those
-    whose text did not change meanwhile."""
-    texts = [sealer.open_text(row_id, text) for row_id, text, _ in rows]
+    """Embed ``rows`` (tenant, id, stored text, hash) and write their new vectors (one UPDATE):
+    those whose text did not change meanwhile."""
+    texts = [sealer.open_text(row_id, text) for _, row_id, text, _ in rows]
     vectors = yield from offload(target.embed, texts)
-    return (yield from _store_vectors(new, [row[0] for row in rows], vectors, [row[2] for row in rows]))
+    tenants, ids, hashes = [row[0] for row in rows], [row[1] for row in rows], [row[3] for row in rows]
+    return (yield from _store_vectors(new, tenants, ids, vectors, hashes))
 
 
 def _store_vectors(
-    new: CollectionInfo, ids: Sequence[str], vectors: npt.NDArray[np.float32], hashes: Sequence[bytes]
+    new: CollectionInfo,
+    tenants: Sequence[str],
+    ids: Sequence[str],
+    vectors: npt.NDArray[np.float32],
+    hashes: Sequence[bytes],
 ) -> Operation[int]:
+    """The rows are (tenant, id): another tenant's memory of the same id is not this one."""
     column = sql.Identifier(embedding_column_name(new))
     kind = sql.SQL("halfvec[]" if new.precision == "half" else "vector[]")
     update = sql.SQL(
         "UPDATE {table} AS m SET {column} = u.vector "
-        "FROM unnest(%(ids)s::text[], %(vectors)b::{kind}, %(hashes)s::bytea[]) AS u(id, vector, hash) "
-        "WHERE m.collection_id = %(cid)s AND m.id = u.id AND m.content_hash = u.hash AND m.{column} IS NULL"
+        "FROM unnest(%(tenants)s::text[], %(ids)s::text[], %(vectors)b::{kind}, %(hashes)s::bytea[]) "
+        "AS u(tenant, id, vector, hash) "
+        "WHERE m.tenant = u.tenant AND m.collection_id = %(cid)s AND m.id = u.id "
+        "AND m.content_hash = u.hash AND m.{column} IS NULL"
     ).format(table=_MEMORIES, column=column, kind=kind)
     params = {
+        "tenants": list(tenants),
         "ids": list(ids),
         "vectors": [vector_value(new, v) for v in vectors],
         "hashes": list(hashes),
@@ -278,13 +317,17 @@ def pending_run(info: CollectionInfo) -> Operation[Pending | None]:
 
 
 def follow(
-    pending: Pending, ids: Sequence[str], texts: Sequence[str], hashes: Sequence[bytes]
+    pending: Pending,
+    tenant: str | None,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    hashes: Sequence[bytes],
 ) -> Operation[None]:
-    """Give memories just written (plaintext ``texts``) their vector of the run in progress, in
-    a transaction of their own, recorded as ``reembed`` events."""
+    """Give memories just written by ``tenant`` (plaintext ``texts``) their vector of the run in
+    progress, in a transaction of their own, recorded as ``reembed`` events."""
     vectors = yield from offload(pending.embedding.embed, list(texts))
     yield from execute(set_local(OPERATION_SETTING, OPERATION))
-    yield from _store_vectors(pending.target, ids, vectors, hashes)
+    yield from _store_vectors(pending.target, [stored_tenant(tenant)] * len(ids), ids, vectors, hashes)
     yield from execute(final=True)
 
 
@@ -292,17 +335,18 @@ def _fill(
     new: CollectionInfo, sealer: Sealer, target: Embedding, batch: int, limit: int | None, progress: bool
 ) -> Operation[int]:
     """Give the collection's memories their new vector, a committed batch at a time (at most
-    ``limit``), resuming after the run's last batch; then again from the first id until a pass
+    ``limit``), resuming after the run's last batch; then again from the first row until a pass
     finds none missing."""
     marker = sql.SQL("SELECT after_id FROM {} WHERE collection_id = %(cid)s").format(_RUNS)
-    after = str((yield from fetch_all(Query(marker, {"cid": new.id}), final=True))[0][0])
+    position = _position(str((yield from fetch_all(Query(marker, {"cid": new.id}), final=True))[0][0]))
     pending = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_MEMORIES, _missing_where(new))
     total = int((yield from fetch_all(Query(pending, {"cid": new.id}), final=True))[0][0])
     advance = sql.SQL(
         "UPDATE {} SET after_id = %(after)s, filled = filled + %(n)s WHERE collection_id = %(cid)s"
     ).format(_RUNS)
     bar = _progress(progress, f"re-embedding {new.name}", total if limit is None else min(total, limit))
-    embedded, scanned_from_start = 0, after == ""
+    after = position or _START
+    embedded, scanned_from_start = 0, after == _START
     try:
         while limit is None or embedded < limit:
             size = batch if limit is None else min(batch, limit - embedded)
@@ -311,11 +355,13 @@ def _fill(
                 yield from execute(final=True)
                 if scanned_from_start:
                     break
-                after, scanned_from_start = "", True  # memories written behind the marker
+                after, scanned_from_start = _START, True  # memories written behind the marker
                 continue
             written = yield from _write_vectors(new, sealer, target, rows)
-            after = str(rows[-1][0])
-            yield from execute(Query(advance, {"after": after, "n": written, "cid": new.id}), final=True)
+            after = (str(rows[-1][0]), str(rows[-1][1]))
+            yield from execute(
+                Query(advance, {"after": _marker(after), "n": written, "cid": new.id}), final=True
+            )
             embedded += len(rows)
             bar.update(len(rows))
     finally:

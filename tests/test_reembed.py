@@ -17,7 +17,7 @@ from memorix_pg import (
     list_collections,
 )
 from memorix_pg.crypto import generate_key
-from tests.support.helpers import db_fingerprint, sql_rows, sql_value
+from tests.support.helpers import CountingEmbedder, db_fingerprint, sql_exec, sql_rows, sql_value
 
 TEXTS = [f"note {i} about topic {i % 17} and colour {i % 5}" for i in range(240)]
 
@@ -312,3 +312,92 @@ def test_an_empty_collection_and_one_dropped_mid_run(make_api, database_url: str
     again = make_api("doomed", embedder="hash-16")
     again.store_batch(TEXTS[:3])
     assert again.reembed("hash-24").embedded == 3
+
+
+def _filled_rows(url: str, name: str) -> list[tuple[str, str]]:
+    """(tenant, id) of the collection's memories that have their new-slot (slot 1) vector."""
+    return [
+        (str(r[0]), str(r[1]))
+        for r in sql_rows(
+            url,
+            "SELECT m.tenant, m.id FROM memorix.memories m JOIN memorix.collections c "
+            "ON c.id = m.collection_id WHERE c.name = %s AND m.embedding_alt IS NOT NULL ORDER BY 1, 2",
+            (name,),
+        )
+    ]
+
+
+def test_tenants_holding_the_same_ids_are_filled_in_tenant_id_order(make_api, database_url: str) -> None:
+    ids = ["m1", "m2", "m3"]
+    rows = [(tenant, i) for tenant in ("", "alice", "bob") for i in ids]  # '' is no tenant
+    for tenant in ("", "alice", "bob"):
+        make_api("twins", embedder="hash-16", tenant=tenant or None).store_batch(
+            [f"{tenant or 'nobody'} wrote {i}" for i in ids], ids=ids
+        )
+    counter = CountingEmbedder(24)
+    api = make_api("twins", embedder="hash-16")
+
+    # Pages of 2 end between tenants holding the same id: ('', m3) | ('alice', m1) | ('bob', m1).
+    first = api.reembed(counter, batch=2, limit=4)
+    assert (first.embedded, first.switched) == (4, False)
+    assert _filled_rows(database_url, "twins") == rows[:4]
+    assert sql_value(database_url, "SELECT after_id FROM memorix.reembed_runs") == '["alice", "m1"]'
+    second = api.reembed(counter, batch=2, limit=4)
+    assert (second.embedded, second.switched, second.resumed) == (4, False, True)
+    assert _filled_rows(database_url, "twins") == rows[:8]  # before the switch: alice's and bob's m1
+
+    last = api.reembed(counter, batch=2)
+    assert (last.embedded, last.switched) == (1, True)
+    # Each memory embedded once, a page at a time, in order; none left for the switch to embed.
+    texts = [f"{t or 'nobody'} wrote {i}" for t, i in rows]
+    assert counter.calls == [texts[0:2], texts[2:4], texts[4:6], texts[6:8], texts[8:9]]
+    for tenant in ("", "alice", "bob"):
+        _assert_vectors_are(
+            make_api("twins", embedder=CountingEmbedder(24), tenant=tenant or None), HashEmbedder(24)
+        )
+    events = sql_rows(
+        database_url,
+        "SELECT tenant, count(*) FROM memorix.history WHERE operation = 'reembed' GROUP BY 1 ORDER BY 1",
+    )
+    assert events == [("", 3), ("alice", 3), ("bob", 3)]
+
+
+@pytest.mark.parametrize("marker", ["m2", '["m2"]', "[1, 2]", "{nope"])
+def test_a_marker_without_a_tenant_resumes_from_the_first_row(
+    make_api, database_url: str, marker: str
+) -> None:
+    """A bare id (as an older version wrote it) or anything else unreadable: the pass starts again
+    from the first row, which embeds only what is missing."""
+    ids = ["m1", "m2", "m3"]
+    for tenant in ("alice", "bob"):
+        make_api("legacy", embedder="hash-16", tenant=tenant).store_batch(
+            [f"{tenant} {i}" for i in ids], ids=ids
+        )
+    counter = CountingEmbedder(24)
+    api = make_api("legacy", embedder="hash-16")
+    assert not api.reembed(counter, batch=2, limit=2).switched
+    sql_exec(database_url, "UPDATE memorix.reembed_runs SET after_id = %s", (marker,))
+
+    report = api.reembed(counter, batch=2)
+    assert (report.embedded, report.switched) == (4, True)
+    assert counter.calls == [["alice m1", "alice m2"], ["alice m3", "bob m1"], ["bob m2", "bob m3"]]
+
+
+def test_a_write_during_the_run_gives_only_its_own_tenants_memory_the_new_vector(
+    make_api, database_url: str
+) -> None:
+    """The same id and text in two tenants: alice's write follows the run for alice's row only;
+    bob's row waits for the run's own page."""
+    make_api("echo", embedder="hash-16", tenant="bob").store_batch(
+        ["same words", "bob's other"], ids=["x", "y"]
+    )
+    api = make_api("echo", embedder="hash-16")
+    api.store("nobody's", id="a")
+    assert not api.reembed("hash-24", batch=1, limit=1).switched  # ('', 'a') only
+    make_api("echo", embedder="hash-16", tenant="alice").store("same words", id="x")  # follows the run
+    assert _filled_rows(database_url, "echo") == [("", "a"), ("alice", "x")]
+
+    report = api.reembed("hash-24", batch=1)
+    assert (report.embedded, report.switched) == (2, True)
+    for tenant in ("alice", "bob"):
+        _assert_vectors_are(make_api("echo", embedder="hash-24", tenant=tenant), HashEmbedder(24))

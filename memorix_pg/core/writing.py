@@ -94,7 +94,7 @@ class Writing(CoreBase):
                 scope, self.planner, new, self.sealer, self.embedding, dedupe=deduping, progress=progress
             )
             if self.pending is not None:
-                yield from reembedding.follow(self.pending, stored, clean_texts, new.hashes)
+                yield from reembedding.follow(self.pending, scope.tenant, stored, clean_texts, new.hashes)
             return stored
 
         return self.scoped(body)
@@ -130,7 +130,9 @@ class Writing(CoreBase):
             if row is None:
                 raise MemoryNotFound(f"no memory with id {row_id!r} in collection {self.collection_name!r}")
             if self.pending is not None and replacement is not None:
-                yield from reembedding.follow(self.pending, [row_id], [new_text or ""], [replacement[2]])
+                yield from reembedding.follow(
+                    self.pending, scope.tenant, [row_id], [new_text or ""], [replacement[2]]
+                )
             return self.memory(row)
 
         return self.scoped(body)
