@@ -25,6 +25,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "check_collection_name",
     "check_embedding",
+    "check_embeddings",
     "check_id",
     "check_tenant",
     "check_text",
@@ -177,6 +178,25 @@ def check_embedding(value: object, dim: int, where: str = "embedding") -> npt.ND
     if not np.all(np.isfinite(array)):
         raise InvalidInput(f"{where} contains NaN or Infinity")
     return array
+
+
+def check_embeddings(
+    values: Sequence[Any] | npt.NDArray[Any], dim: int, where: str = "embeddings"
+) -> npt.NDArray[np.float32]:
+    """Finite float vectors of exactly ``dim`` values each, as one (rows, dim) array.
+
+    A 2-D array is checked at once (a 100k-row load spent 0.6 s checking row by row); anything
+    else, or a batch that fails, row by row, so the error names the first bad row."""
+    if isinstance(values, np.ndarray) and values.ndim == 2 and values.shape[1] == dim:
+        with np.errstate(over="ignore"):
+            try:
+                array = np.ascontiguousarray(values, dtype=np.float32)
+            except (TypeError, ValueError):
+                array = None
+        if array is not None and bool(np.isfinite(array).all()):
+            return array
+    rows = [check_embedding(v, dim, f"{where}[{i}]") for i, v in enumerate(values)]
+    return np.stack(rows) if rows else np.zeros((0, dim), np.float32)
 
 
 def check_timestamp(value: object, where: str) -> datetime:

@@ -168,6 +168,29 @@ def test_one_bad_item_in_a_batch_of_500_stores_nothing_and_is_named(
     assert api.count() == count
 
 
+@pytest.mark.parametrize("bad", [NAN, float("inf"), 1e39], ids=["nan", "inf", "float32-overflow"])
+def test_a_bad_row_of_an_embeddings_array_stores_nothing_and_is_named(
+    url: str, api: MemoryAPI, bad: float
+) -> None:
+    """A 2-D array is checked at once; a failing one is named by its first bad row."""
+    count = api.count()
+    args = _batch_of_500("embeddings", np.zeros(DIM))
+    vectors = np.array(args.pop("embeddings"), dtype=np.float64)
+    vectors[BAD_AT, 7] = bad
+    texts = args.pop("texts")
+    store = lambda: api.store_batch(texts, embeddings=vectors, **args)  # noqa: E731
+    expect_rejection(url, store, [f"embeddings[{BAD_AT}]"])
+    assert api.count() == count
+
+
+def test_an_embeddings_array_of_another_width_is_named(url: str, api: MemoryAPI) -> None:
+    count = api.count()
+    vectors = unit_vectors(3, DIM + 1)
+    store = lambda: api.store_batch(["a", "b", "c"], embeddings=vectors)  # noqa: E731
+    expect_rejection(url, store, ["embeddings[0]", f"{DIM + 1} dimensions"])
+    assert api.count() == count
+
+
 def test_an_id_of_another_collection_in_a_batch_of_500_is_a_memory_of_its_own(
     url: str, bystander: MemoryAPI
 ) -> None:

@@ -20,7 +20,7 @@ from ..scope import Scope
 from ..steps import Call, Operation, offload
 from ..validation import (
     check_batch_lengths,
-    check_embedding,
+    check_embeddings,
     check_id,
     check_text,
     check_timestamp,
@@ -67,13 +67,7 @@ class Writing(CoreBase):
         for i, row_id in enumerate(row_ids):
             if (j := first.setdefault(row_id, i)) != i:
                 raise InvalidInput(f"ids[{i}] repeats ids[{j}] ({row_id!r:.80}): the same id more than once")
-        vectors = (
-            np.stack(
-                [check_embedding(e, self.embedding.dim, f"embeddings[{i}]") for i, e in enumerate(embeddings)]
-            )
-            if embeddings is not None
-            else None
-        )
+        vectors = check_embeddings(embeddings, self.embedding.dim) if embeddings is not None else None
         new = writes.NewMemories(
             texts=clean_texts,
             metadatas=clean_metas,
