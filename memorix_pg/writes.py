@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .crypto import Sealer
-from .embedding import Embedding
+from .embedding import EMBED_BATCH, Embedding
 from .ingest import MemoryRows, write_memories
 from .models import SCHEMA, memories
 from .planner import Planner
@@ -47,9 +47,9 @@ __all__ = [
 # inserting into a live graph ~1.6 ms (measured: 3,000 texts ingested at 0.53x the embedder's
 # own rate with the index live).
 DEFER_INDEX_MIN_ROWS = 1_000
-# Texts embedded per chunk of an overlapped load (a few model batches). The first chunk is
+# Texts embedded per chunk of an overlapped load: one embedder call. The first chunk is
 # embedded before anything can be written; each chunk is one COPY.
-OVERLAP_CHUNK = 1024
+OVERLAP_CHUNK = EMBED_BATCH
 
 _ALL = compile_where(None)
 _embedder_threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memorix-embed")
@@ -138,18 +138,32 @@ def _write(
         return
     chunks = [keep[i : i + OVERLAP_CHUNK] for i in range(0, len(keep), OVERLAP_CHUNK)]
     texts = [[new.texts[i] for i in chunk] for chunk in chunks]
-    vectors = yield from offload(embedding.embed, texts[0], progress)
-    for n, chunk in enumerate(chunks):
-        ahead: Future[npt.NDArray[np.float32]] | None = None
-        if n + 1 < len(chunks):
-            ahead = _embedder_threads.submit(embedding.embed, texts[n + 1], progress)
-        try:
-            yield from write(chunk, vectors, n + 1 == len(chunks))
-        finally:
-            if ahead is not None and not ahead.done():
-                ahead.cancel()
-        if ahead is not None:
-            vectors = yield from offload(ahead.result)
+    bar = _embedding_bar(len(keep)) if progress else None
+    try:
+        vectors = yield from offload(embedding.embed, texts[0])
+        for n, chunk in enumerate(chunks):
+            if bar is not None:
+                bar.update(len(chunk))
+            ahead: Future[npt.NDArray[np.float32]] | None = None
+            if n + 1 < len(chunks):
+                ahead = _embedder_threads.submit(embedding.embed, texts[n + 1])
+            try:
+                yield from write(chunk, vectors, n + 1 == len(chunks))
+            finally:
+                if ahead is not None and not ahead.done():
+                    ahead.cancel()
+            if ahead is not None:
+                vectors = yield from offload(ahead.result)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _embedding_bar(total: int) -> Any:
+    """One progress bar for a load's texts, ticking as each chunk's vectors arrive."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="embedding", unit="text")
 
 
 def _store(

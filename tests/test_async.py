@@ -22,14 +22,15 @@ class SlowEmbedder(CountingEmbedder):
     """Embeds slowly, so a call can be cancelled while its transaction is open (or, a deduplicating
     store embedding after its lock, holds its connection meanwhile)."""
 
-    def __init__(self, dim: int = 32, delay: float = 0.05) -> None:
+    def __init__(self, dim: int = 32, delay: float = 0.05, per_text: float = 0.0004) -> None:
         super().__init__(dim)
         self.delay = delay
+        self.per_text = per_text  # a 3,000-text load takes ~1.2 s however it is split into calls
 
     def embed(self, texts):  # type: ignore[no-untyped-def]
         import time
 
-        time.sleep(self.delay)
+        time.sleep(self.delay + self.per_text * len(texts))
         return super().embed(texts)
 
 

@@ -95,12 +95,13 @@ def test_large_batches_use_binary_copy_and_small_ones_insert(make_api, database_
 def test_texts_are_embedded_in_batches_with_a_progress_bar(make_api, capsys):
     emb = CountingEmbedder()
     api = make_api("batched", embedder=emb)
-    api.store_batch([f"text number {i}" for i in range(1000)], progress=True)
+    n = 2 * EMBED_BATCH + 100
+    api.store_batch([f"text number {i}" for i in range(n)], progress=True)
     sizes = [len(c) for c in emb.calls]
-    assert sum(sizes) == 1000 and max(sizes) <= EMBED_BATCH
-    assert len(sizes) == -(-1000 // EMBED_BATCH)
+    assert sum(sizes) == n and max(sizes) <= EMBED_BATCH
+    assert len(sizes) == -(-n // EMBED_BATCH) == 3
     err = capsys.readouterr().err
-    assert "embedding" in err and "100%" in err and f"{len(sizes)}/{len(sizes)}" in err
+    assert err.count("embedding") >= 1 and "100%" in err and f"{n}/{n}" in err
     api.store_batch([f"quiet {i}" for i in range(300)])
     assert capsys.readouterr().err == ""
 
