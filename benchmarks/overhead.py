@@ -258,14 +258,24 @@ def latency(
 
 
 def throughput(
-    sync: MemoryAPI, aio: AsyncMemoryAPI, loop: asyncio.AbstractEventLoop, queries: np.ndarray, seconds: float
+    sync: MemoryAPI,
+    aio: AsyncMemoryAPI,
+    loop: asyncio.AbstractEventLoop,
+    queries: np.ndarray,
+    seconds: float,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Unfiltered retrieves per second with 1, 8 and 32 in flight: async tasks vs threads."""
-    out: dict[str, Any] = {}
-    postmaster = _postmaster(sync.database_url)
-    for width in (1, 8, 32):
+    """Unfiltered retrieves per second with 1, 8 and 32 in flight: async tasks vs threads.
 
-        async def tasks(width: int = width) -> int:
+    Every cell runs ``rounds`` times, the cells taking turns round by round, and reports its
+    median: the planner's ``ef_search`` floor may move during the run (it follows the walks'
+    measured recall), and the machine's noise drifts; both then hit every cell alike."""
+    postmaster = _postmaster(sync.database_url)
+    rates: dict[str, list[float]] = {}
+    cpu_per_call: list[tuple[float, float]] = []
+
+    def run_async(width: int) -> int:
+        async def tasks() -> int:
             done = 0
             end = time.perf_counter() + seconds
 
@@ -278,21 +288,12 @@ def throughput(
             await asyncio.gather(*(worker(k) for k in range(width)))
             return done
 
-        cpu = time.process_time(), _server_cpu_seconds(postmaster)
-        out[f"async x{width}/s"] = round(loop.run_until_complete(tasks()) / seconds, 1)
-        if width == 1:
-            # What one call costs the 2 shared cores, client and server: no number of tasks can
-            # run more calls a second than cores / that, so x32 / x1 is bounded by it too.
-            client, server = time.process_time() - cpu[0], _server_cpu_seconds(postmaster) - cpu[1]
-            calls = out["async x1/s"] * seconds
-            out["client cpu ms/call"] = round(1000 * client / calls, 3)
-            out["server cpu ms/call"] = round(1000 * server / calls, 3) if postmaster else None
-            if postmaster:
-                bound = (os.cpu_count() or 1) / ((client + server) / calls)
-                out["bound of x32 / x1 (cores / cpu per call)"] = round(bound / out["async x1/s"], 2)
+        return loop.run_until_complete(tasks())
+
+    def run_threads(width: int) -> int:
         end = time.perf_counter() + seconds
 
-        def thread_worker(k: int, end: float = end) -> int:
+        def thread_worker(k: int) -> int:
             n = 0
             while time.perf_counter() < end:
                 sync.retrieve(None, 10, embedding=queries[(n + k) % 64])
@@ -300,7 +301,30 @@ def throughput(
             return n
 
         with ThreadPoolExecutor(width) as pool:
-            out[f"threads x{width}/s"] = round(sum(pool.map(thread_worker, range(width))) / seconds, 1)
+            return sum(pool.map(thread_worker, range(width)))
+
+    for _ in range(rounds):
+        for width in (1, 8, 32):
+            cpu = time.process_time(), _server_cpu_seconds(postmaster)
+            calls = run_async(width)
+            rates.setdefault(f"async x{width}/s", []).append(calls / seconds)
+            if width == 1:
+                # What one call costs the 2 shared cores, client and server: no number of tasks
+                # can run more calls a second than cores / that, so x32 / x1 is bounded by it.
+                client, server = time.process_time() - cpu[0], _server_cpu_seconds(postmaster) - cpu[1]
+                cpu_per_call.append((client / calls, server / calls))
+            rates.setdefault(f"threads x{width}/s", []).append(run_threads(width) / seconds)
+    out: dict[str, Any] = {"rounds": rounds}
+    for width in (1, 8, 32):
+        for side in ("async", "threads"):
+            out[f"{side} x{width}/s"] = round(statistics.median(rates[f"{side} x{width}/s"]), 1)
+    client = statistics.median(c for c, _ in cpu_per_call)
+    server = statistics.median(s for _, s in cpu_per_call)
+    out["client cpu ms/call"] = round(1000 * client, 3)
+    out["server cpu ms/call"] = round(1000 * server, 3) if postmaster else None
+    if postmaster:
+        bound = (os.cpu_count() or 1) / (client + server)
+        out["bound of x32 / x1 (cores / cpu per call)"] = round(bound / out["async x1/s"], 2)
     out["async x32 / x1"] = round(out["async x32/s"] / out["async x1/s"], 2)
     return out
 
