@@ -18,10 +18,9 @@ from .errors import InvalidInput
 
 __all__ = ["EMBED_BATCH", "Embedding"]
 
-# Texts per embedder call. A model sorts a call's texts by
-# length and pads each of its batches to the longest, so larger calls pad less: MiniLM took 4.0 s
-# for 3,000 texts in calls of 128 against 3.45 s in one call. A text load's overlap chunk
-# (writes.OVERLAP_CHUNK) is one call.
+# Texts per embedder call. A model sorts a call's texts by length and pads each of its batches
+# to the longest, so larger calls pad less: MiniLM took 4.0 s for 3,000 texts in calls of 128,
+# against 3.45 s in one call. A text load's overlap chunk (writes.OVERLAP_CHUNK) is one call.
 EMBED_BATCH = 1024
 
 Vectors = npt.NDArray[np.float32]
