@@ -45,6 +45,7 @@ __all__ = [
     "SyncSource",
     "async_source",
     "close_pools",
+    "session_values",
     "sync_source",
 ]
 
@@ -52,14 +53,19 @@ CONFIGURE_SQL = b"SET plan_cache_mode = force_custom_plan"
 # The planner costs searches run with (measured in search.py) ...
 PLANNER_COSTS = (("cpu_index_tuple_cost", "0.05"), ("random_page_cost", "1.1"))
 # ... and the HNSW settings of the commonest search, an unfiltered walk at the planner's floor
-# (planner.EF_MIN; MAX_SCAN_TUPLES in search.py). The library's own connections keep both for the
-# session, so an exact scan and such a walk need no SET LOCAL and go out as one statement in an
-# implicit transaction (5 statements in a pipeline -> 1: 0.1-0.2 ms less per search at 20k). A
-# search that needs other values sets them with SET LOCAL, which ends with its transaction. A
-# borrowed connection gets them per transaction, leaving the user's session as it was, and so
-# does every connection to a Citus coordinator, which hands its shards SET LOCAL only.
+# (planner.EF_MIN; MAX_SCAN_TUPLES in search.py). The library's own connections start their
+# session with both, and each remembers the values it holds (session_values): a search that is
+# one statement sets what differs at session level in the same round trip (``SET`` + the
+# statement in one pipeline, an implicit transaction) and the next search with the same values
+# is the statement alone (5 statements in a pipeline -> 1: 0.1-0.2 ms less per search at 20k).
+# The session keeps the values until another search changes them: a walk whose floor the
+# planner raised, or a filtered walk repeated, costs one statement too. Searches inside a longer
+# transaction set theirs with SET LOCAL. A borrowed connection gets them per transaction,
+# leaving the user's session as it was, and so does every connection to a Citus coordinator,
+# which hands its shards SET LOCAL only.
 WALK_DEFAULTS = (("hnsw.ef_search", "100"), ("hnsw.iterative_scan", "off"), ("hnsw.max_scan_tuples", "20000"))
 SESSION_SETTINGS = frozenset(PLANNER_COSTS + WALK_DEFAULTS)
+SESSION_NAMES = frozenset(name for name, _ in SESSION_SETTINGS)  # the settings a session may hold
 _SESSION_SQL = b"; ".join(
     sql.SQL("SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value)).as_bytes(None)
     for name, value in sorted(SESSION_SETTINGS)
@@ -93,6 +99,15 @@ class PoolOptions:
 # -- configuring a connection once --------------------------------------------------------------
 
 _configured: weakref.WeakSet[Any] = weakref.WeakSet()
+# Per library-owned connection: the SESSION_NAMES values it holds now. A name is absent while a
+# change is in flight (a failed or cancelled statement may have undone it): absent is resent.
+_session: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def session_values(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> dict[str, str] | None:
+    """The session settings ``conn`` holds, to update as they change; None when it takes every
+    setting per transaction (a borrowed connection, a Citus coordinator)."""
+    return _session.get(conn)
 
 
 def _register_types(conn: psycopg.Connection[Any], infos: list[TypeInfo | None]) -> None:
@@ -106,40 +121,34 @@ def _register_types(conn: psycopg.Connection[Any], infos: list[TypeInfo | None])
         register_halfvec_info(conn, halfvec)
 
 
-def configure(conn: psycopg.Connection[Any], session: bool = False) -> frozenset[tuple[str, str]]:
-    """Register the types on ``conn``; with ``session``, give it SESSION_SETTINGS unless the
-    server is a Citus coordinator. Returns the settings the connection keeps for its session."""
+def configure(conn: psycopg.Connection[Any], session: bool = False) -> None:
+    """Register the types on ``conn``; with ``session``, start its session with SESSION_SETTINGS
+    unless the server is a Citus coordinator."""
     if conn in _configured:
-        return frozenset()
+        return
     register_query_vector(conn)
     conn.execute(CONFIGURE_SQL)
-    kept: frozenset[tuple[str, str]] = frozenset()
     if session and not _scalar(conn.execute(_CITUS_SQL).fetchone()):
         conn.execute(_SESSION_SQL)
-        kept = SESSION_SETTINGS
+        _session[conn] = dict(SESSION_SETTINGS)
     infos = [TypeInfo.fetch(conn, "vector"), TypeInfo.fetch(conn, "halfvec")]
     _register_types(conn, infos)
     if infos[0] is not None:  # before the first migration there is no vector type yet
         _configured.add(conn)
-    return kept
 
 
-async def configure_async(
-    conn: psycopg.AsyncConnection[Any], session: bool = False
-) -> frozenset[tuple[str, str]]:
+async def configure_async(conn: psycopg.AsyncConnection[Any], session: bool = False) -> None:
     if conn in _configured:
-        return frozenset()
+        return
     register_query_vector(conn)
     await conn.execute(CONFIGURE_SQL)
-    kept: frozenset[tuple[str, str]] = frozenset()
     if session and not _scalar(await (await conn.execute(_CITUS_SQL)).fetchone()):
         await conn.execute(_SESSION_SQL)
-        kept = SESSION_SETTINGS
+        _session[conn] = dict(SESSION_SETTINGS)
     infos = [await TypeInfo.fetch(conn, "vector"), await TypeInfo.fetch(conn, "halfvec")]
     _register_types(conn, infos)  # type: ignore[arg-type]
     if infos[0] is not None:
         _configured.add(conn)
-    return kept
 
 
 def _scalar(row: tuple[Any, ...] | None) -> Any:
@@ -195,8 +204,6 @@ def _pool_exhausted(options: PoolOptions) -> DatabaseUnavailable:
 class SyncSource:
     """Where a sync runner takes connections from and gives them back."""
 
-    session_settings: frozenset[tuple[str, str]] = frozenset()  # already set on every connection
-
     def acquire(self) -> psycopg.Connection[Any]:
         raise NotImplementedError
 
@@ -208,8 +215,6 @@ class SyncSource:
 
 
 class AsyncSource:
-    session_settings: frozenset[tuple[str, str]] = frozenset()
-
     async def acquire(self) -> psycopg.AsyncConnection[Any]:
         raise NotImplementedError
 
@@ -222,8 +227,6 @@ class AsyncSource:
 
 class _Pool(SyncSource):
     def __init__(self, url: str, options: PoolOptions) -> None:
-        # Empty until a connection is configured: calls meanwhile send every setting.
-        self.session_settings = frozenset()
         self.url = url
         self.options = options
         self.pid = os.getpid()
@@ -249,7 +252,7 @@ class _Pool(SyncSource):
                 connect_timeout=max(1, round(self.options.connect_timeout)),
                 application_name="memorix-pg",
             )
-            self.session_settings = configure(conn, session=True)
+            configure(conn, session=True)
             return conn
         except BaseException:
             self._slots.release()
@@ -279,7 +282,6 @@ class _Pool(SyncSource):
 
 class _AsyncPool(AsyncSource):
     def __init__(self, url: str, options: PoolOptions) -> None:
-        self.session_settings = frozenset()  # as in _Pool
         self.url = url
         self.options = options
         self.pid = os.getpid()
@@ -307,7 +309,7 @@ class _AsyncPool(AsyncSource):
                 connect_timeout=max(1, round(self.options.connect_timeout)),
                 application_name="memorix-pg",
             )
-            self.session_settings = await configure_async(conn, session=True)
+            await configure_async(conn, session=True)
             return conn
         except BaseException:
             self._slots.release()

@@ -3,7 +3,10 @@
 The sync and the async runner differ only in ``await``: each drives the same generator, sends
 ``BEGIN``, the ``SET LOCAL`` settings and a batch's statements in one pipeline (one round trip),
 commits with the batch the operation marks final, rolls back on any error or cancellation, and
-translates the database's errors into the library's own by psycopg's error classes.
+translates the database's errors into the library's own by psycopg's error classes. A call
+that is one statement goes out alone, in its own implicit transaction; on the library's own
+connections its settings are session ``SET``s in the same pipeline, sent only when the
+connection's session holds other values.
 
 A connection that turns out dead is replaced and the call run again once, when that is safe:
 always when no connection could be opened (nothing was sent), otherwise only for idempotent
@@ -24,10 +27,23 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from .connections import AsyncSource, SyncSource
+from .connections import SESSION_NAMES, AsyncSource, SyncSource, session_values
 from .database import libpq_url, redact_url, unavailable
 from .errors import CollectionNotFound, FilterError, MemorixError, PermissionDenied
-from .steps import Admin, Batch, Call, Copy, Offload, Operation, Query, Result, Rollback, Step, set_local
+from .steps import (
+    Admin,
+    Batch,
+    Call,
+    Copy,
+    Offload,
+    Operation,
+    Query,
+    Result,
+    Rollback,
+    Step,
+    set_local,
+    set_session,
+)
 
 __all__ = ["AsyncRunner", "SyncRunner", "translate", "watch_statements"]
 
@@ -128,31 +144,45 @@ class _Lost(Exception):
 @dataclass
 class _Transaction:
     settings: tuple[Query, ...]
-    session: frozenset[tuple[str, str]]  # settings the connection has already: not sent again
     open: bool = False
     results: list[Result] = field(default_factory=list)
 
-    def plan(self, batch: Batch) -> tuple[list[Query], int]:
-        """The statements to send for ``batch`` and where its own results start."""
-        if batch.settings and self.session:
-            batch = Batch(
-                batch.queries, batch.final, tuple(s for s in batch.settings if s not in self.session)
-            )
+    def plan(self, batch: Batch, session: dict[str, str] | None) -> tuple[list[Query], int, dict[str, str]]:
+        """The statements to send for ``batch``, where its own results start, and the session
+        settings they change. ``session``: the values the connection holds (connections.py),
+        which a batch's settings need not repeat."""
+        settings = batch.settings
+        if settings and session is not None:
+            settings = tuple(s for s in settings if session.get(s[0]) != s[1])
         queries: list[Query] = []
         if not self.open:
             if not batch.queries:
-                return [], 0  # nothing to run, no transaction to end
-            if batch.final and not self.settings and not batch.settings and len(batch.queries) == 1:
-                return list(batch.queries), 0  # one statement: its own implicit transaction
+                return [], 0, {}  # nothing to run, no transaction to end
+            if batch.final and not self.settings and len(batch.queries) == 1:
+                if not settings:
+                    return list(batch.queries), 0, {}  # one statement: its own implicit transaction
+                if session is not None and all(name in SESSION_NAMES for name, _ in settings):
+                    # The search's values kept for the session: SET and the statement are one
+                    # implicit transaction, so a failure undoes both.
+                    sets = [set_session(name, value) for name, value in settings]
+                    return [*sets, *batch.queries], len(sets), dict(settings)
             queries += [_BEGIN, *self.settings]
             self.open = True
-        queries += [set_local(name, value) for name, value in batch.settings]
+        queries += [set_local(name, value) for name, value in settings]
         start = len(queries)
         queries += batch.queries
         if batch.final:
             queries.append(_COMMIT)
             self.open = False
-        return queries, start
+        return queries, start, {}
+
+
+def _unknown(session: dict[str, str] | None, changes: dict[str, str]) -> None:
+    """Forget the values ``changes`` replaces until the server confirms them: a statement that
+    fails or is cancelled may undo its SET, and a forgotten value is simply set again."""
+    if session is not None:
+        for name in changes:
+            session.pop(name, None)
 
 
 def _result(cursor: Any) -> Result:
@@ -196,9 +226,7 @@ class SyncRunner:
 
     def _run_once(self, call: Call[T]) -> T:
         op: Operation[T] = call.make()
-        tx = _Transaction(
-            (*self.settings, *call.settings) if call.scoped else call.settings, self.source.session_settings
-        )
+        tx = _Transaction((*self.settings, *call.settings) if call.scoped else call.settings)
         conn: psycopg.Connection[Any] | None = None
         admin: psycopg.Connection[Any] | None = None
         value: Any = None
@@ -268,10 +296,15 @@ class SyncRunner:
                     copy.write_row(row)
                     count += 1
             return count
-        queries, start = tx.plan(step)
+        session = session_values(conn)
+        queries, start, changes = tx.plan(step, session)
         if not queries:
             return []
-        return self._send(conn, queries)[start : start + len(step.queries)]
+        _unknown(session, changes)
+        results = self._send(conn, queries)
+        if changes and session is not None:
+            session.update(changes)
+        return results[start : start + len(step.queries)]
 
     def _send(self, conn: psycopg.Connection[Any], queries: list[Query]) -> list[Result]:
         if _watchers:
@@ -321,9 +354,7 @@ class AsyncRunner:
 
     async def _run_once(self, call: Call[T]) -> T:
         op: Operation[T] = call.make()
-        tx = _Transaction(
-            (*self.settings, *call.settings) if call.scoped else call.settings, self.source.session_settings
-        )
+        tx = _Transaction((*self.settings, *call.settings) if call.scoped else call.settings)
         conn: psycopg.AsyncConnection[Any] | None = None
         admin: psycopg.AsyncConnection[Any] | None = None
         value: Any = None
@@ -395,10 +426,15 @@ class AsyncRunner:
                     await copy.write_row(row)
                     count += 1
             return count
-        queries, start = tx.plan(step)
+        session = session_values(conn)
+        queries, start, changes = tx.plan(step, session)
         if not queries:
             return []
-        return (await self._send(conn, queries))[start : start + len(step.queries)]
+        _unknown(session, changes)
+        results = await self._send(conn, queries)
+        if changes and session is not None:
+            session.update(changes)
+        return results[start : start + len(step.queries)]
 
     async def _send(self, conn: psycopg.AsyncConnection[Any], queries: list[Query]) -> list[Result]:
         if _watchers:

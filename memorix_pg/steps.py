@@ -38,6 +38,7 @@ __all__ = [
     "fetch_one",
     "offload",
     "set_local",
+    "set_session",
 ]
 
 T = TypeVar("T")
@@ -64,7 +65,8 @@ class Result:
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Statements sent together in the current transaction; ``settings`` become ``SET LOCAL``
-    (values computed in Python and sent as literals: Citus propagates only that)."""
+    (values computed in Python and sent as literals: Citus propagates only that), or a session
+    ``SET`` before a one-statement batch on the library's own connections (connections.py)."""
 
     queries: tuple[Query, ...]
     final: bool = False
@@ -125,6 +127,13 @@ def set_local(name: str, value: str) -> Query:
     """``SET LOCAL name = 'value'``: a literal composed by psycopg (SET takes no parameters),
     once per setting and value."""
     statement = sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
+    return Query(statement.as_bytes(None))
+
+
+@functools.lru_cache(maxsize=1024)
+def set_session(name: str, value: str) -> Query:
+    """``SET name = 'value'`` for the session, composed as :func:`set_local` is."""
+    statement = sql.SQL("SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
     return Query(statement.as_bytes(None))
 
 
