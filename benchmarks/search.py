@@ -938,7 +938,8 @@ def main() -> None:
     result["notes"] = [
         "Same data, queries and filters for all systems; embeddings given (no model in the timed path).",
         "Latency is per call from Python: memorix-pg through MemoryAPI.retrieve (its own transaction: "
-        "pool checkout without a ping; one statement for an unfiltered walk at the planner's floor, else "
+        "pool checkout without a ping; one statement for a search that is one statement, with a session "
+        "SET before it in the same pipeline when the connection holds other HNSW settings, else "
         "BEGIN, SET LOCAL, the search, COMMIT in one pipeline), pgvector as one psycopg "
         "execute on an open connection, Chroma through collection.query.",
         "Chroma's queries return documents, metadatas and distances (its default), as retrieve returns "
