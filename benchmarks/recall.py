@@ -19,6 +19,9 @@ Queries for the synthetic shapes are stored vectors plus noise (0.01 per dimensi
 A result counts as found when it is at least as similar as the true 10th (ties are not misses).
 
     .venv/bin/python benchmarks/recall.py --sizes 10000 20000 100000 --builds 5 --queries 1000
+
+``--ef 100 200 400`` runs each build's queries at those fixed ``ef_search`` values instead of the
+planner's: what recall costs in latency on a shape.
 """
 
 from __future__ import annotations
@@ -150,18 +153,21 @@ def _with_graph(definition: str, m: int, ef_construction: int) -> str:
     return re.sub(r"ef_construction='?\d+'?", f"ef_construction='{ef_construction}'", with_m)
 
 
-def run_build(api: Any, planner: Any, ids: dict[Any, int], shape: Shape, gt: np.ndarray) -> dict[str, Any]:
-    """One index build: every query with the trap check off and on, interleaved."""
+def run_build(
+    api: Any, planner: Any, ids: dict[Any, int], shape: Shape, gt: np.ndarray, ef: int | None = None
+) -> dict[str, Any]:
+    """One index build: every query with the trap check off and on, interleaved; with ``ef``,
+    every walk at that ``ef_search`` instead of the planner's."""
     recalls: dict[bool, list[float]] = {False: [], True: []}
     times: dict[bool, list[float]] = {False: [], True: []}
     recovered = 0
     for warm in shape.queries[:20]:
-        api.retrieve(None, top_k=K, embedding=warm)
+        api.retrieve(None, top_k=K, embedding=warm, ef_search=ef)
     for i, q in enumerate(shape.queries):
         for check in (i % 2 == 0, i % 2 == 1):
             planner.check_traps = check
             started = time.perf_counter()
-            hits = api.retrieve(None, top_k=K, embedding=q)
+            hits = api.retrieve(None, top_k=K, embedding=q, ef_search=ef)
             times[check].append(time.perf_counter() - started)
             # Found: a result at least as similar as the true k-th (MiniLM lowercases, so texts
             # that differ in case share a vector: ties are not misses).
@@ -197,6 +203,13 @@ def main() -> None:
         default=None,
         metavar="M:EF_CONSTRUCTION",
         help="build the index with these parameters instead of the library's (e.g. 20:80 32:160)",
+    )
+    parser.add_argument(
+        "--ef",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run each build's queries once per ef_search value given (what a walk's recall costs)",
     )
     parser.add_argument("--out", default=None, help="write benchmarks/results/<out>.md and .json")
     args = parser.parse_args()
@@ -235,20 +248,21 @@ def main() -> None:
                             elif build:
                                 conn.execute(sql.SQL("REINDEX INDEX {}").format(index))
                             built = time.perf_counter() - started
-                            result = run_build(api, planner, ids, shape, gt)
-                            label = graph or "library"
-                            row = {"shape": name, "n": n, "graph": label, "build": build + 1}
-                            rows.append({**row, "build s": built, **result})
-                            off, on = result["walk only"], result["trap check"]
-                            print(
-                                f"{name:8} {n:>7} {label:>7} build {build + 1} ({built:.1f} s): walk recall "
-                                f"{off['recall']:.4f} <0.5 {off['below 0.5']:.3f} worst {off['worst']:.1f} "
-                                f"p50 {off['p50']:.2f} | checked {on['recall']:.4f} "
-                                f"<0.5 {on['below 0.5']:.3f} worst {on['worst']:.1f} "
-                                f"p50 {on['p50']:.2f} p95 {on['p95']:.2f} "
-                                f"| traps {result['traps found']} (load {load:.0f} s)",
-                                flush=True,
-                            )
+                            for ef in args.ef or [None]:
+                                result = run_build(api, planner, ids, shape, gt, ef)
+                                label = (graph or "library") + (f", ef {ef}" if ef else "")
+                                row = {"shape": name, "n": n, "graph": label, "build": build + 1}
+                                rows.append({**row, "build s": built, **result})
+                                off, on = result["walk only"], result["trap check"]
+                                print(
+                                    f"{name:8} {n:>7} {label:>7} build {build + 1} ({built:.1f} s): walk "
+                                    f"recall {off['recall']:.4f} <0.5 {off['below 0.5']:.3f} worst "
+                                    f"{off['worst']:.1f} p50 {off['p50']:.2f} | checked {on['recall']:.4f} "
+                                    f"<0.5 {on['below 0.5']:.3f} worst {on['worst']:.1f} "
+                                    f"p50 {on['p50']:.2f} p95 {on['p95']:.2f} "
+                                    f"| traps {result['traps found']} (load {load:.0f} s)",
+                                    flush=True,
+                                )
                 api.drop() if hasattr(api, "drop") else api.delete_by_filter({})
                 api.close()
     print()
@@ -263,7 +277,7 @@ def summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> ResultTable:
     columns = [
         "shape",
         "rows",
-        "graph (m:ef_c)",
+        "graph (m:ef_c), ef_search",
         "build s",
         "builds",
         "walk recall (worst build)",
