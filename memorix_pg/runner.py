@@ -146,14 +146,18 @@ class _Transaction:
     settings: tuple[Query, ...]
     open: bool = False
     results: list[Result] = field(default_factory=list)
+    local: dict[str, str] = field(default_factory=dict)  # SET LOCAL values of the open transaction
 
     def plan(self, batch: Batch, session: dict[str, str] | None) -> tuple[list[Query], int, dict[str, str]]:
         """The statements to send for ``batch``, where its own results start, and the session
         settings they change. ``session``: the values the connection holds (connections.py),
-        which a batch's settings need not repeat."""
+        which a batch's settings need not repeat unless the transaction set others."""
+        if not self.open:
+            self.local.clear()
         settings = batch.settings
-        if settings and session is not None:
-            settings = tuple(s for s in settings if session.get(s[0]) != s[1])
+        if settings:
+            held = self.local if session is None else {**session, **self.local}
+            settings = tuple(s for s in settings if held.get(s[0]) != s[1])
         queries: list[Query] = []
         if not self.open:
             if not batch.queries:
@@ -169,6 +173,7 @@ class _Transaction:
             queries += [_BEGIN, *self.settings]
             self.open = True
         queries += [set_local(name, value) for name, value in settings]
+        self.local.update(settings)
         start = len(queries)
         queries += batch.queries
         if batch.final:

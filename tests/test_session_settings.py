@@ -120,6 +120,22 @@ def test_a_failed_statement_undoes_its_set_and_the_library_knows_it(database_url
     assert any("'123'" in text for text in _texts(sent)), sent  # unknown, so set again
 
 
+def test_a_transaction_that_set_a_value_sets_the_session_s_back_when_a_later_batch_needs_it(
+    database_url: str,
+) -> None:
+    def make() -> Operation[list[str]]:
+        shown = []
+        for ef, final in (("200", False), (str(EF_MIN), False), ("300", True)):
+            results = yield Batch((Query(b"SHOW hnsw.ef_search"),), final, (("hnsw.ef_search", ef),))
+            shown.append(str(results[0].rows[0][0]))
+        return shown
+
+    runner = SyncRunner(sync_source(database_url, PoolOptions()), database_url)
+    assert runner.run(Call(make)) == ["200", str(EF_MIN), "300"]
+    server, tracked = _server_and_tracked(database_url)
+    assert server["hnsw.ef_search"] == tracked["hnsw.ef_search"] == str(EF_MIN)  # LOCAL values ended
+
+
 def test_a_filtered_walk_sets_its_iterative_scan_for_its_transaction(
     make_api: Any, database_url: str
 ) -> None:
