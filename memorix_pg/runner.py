@@ -145,7 +145,6 @@ class _Lost(Exception):
 class _Transaction:
     settings: tuple[Query, ...]
     open: bool = False
-    results: list[Result] = field(default_factory=list)
     local: dict[str, str] = field(default_factory=dict)  # SET LOCAL values of the open transaction
 
     def plan(self, batch: Batch, session: dict[str, str] | None) -> tuple[list[Query], int, dict[str, str]]:
