@@ -115,6 +115,10 @@ def test_search_hybrid_weights_rrf_k_and_text_cutoff(run) -> None:  # type: igno
     assert [r["text"] for r in heavier_text][:2] == [ORDERS[1], ORDERS[5]]
     for row in hybrid("--rrf-k", "10", "--vector-weight", "2", "--text-weight", "0.5"):
         assert row["score"] == pytest.approx(fused(row, 10, 2, 0.5))
+    text_leads = hybrid("--rrf-k", "1", "--text-weight", "3")  # the README's "exact words lead"
+    for row in text_leads:
+        assert row["score"] == pytest.approx(fused(row, 1, 1, 3))
+    assert text_leads[0]["ranks"]["text_rank"] == 1
 
     # Without the vector arm, and every text match ranked, the fused order is the text ranking's.
     text_only = [

@@ -97,6 +97,38 @@ def test_hybrid_weights_and_rrf_k(api) -> None:  # type: ignore[no-untyped-def]
         api.retrieve("Carol", mode="bm25")
 
 
+def test_agreement_outranks_a_lone_text_hit_unless_a_low_rrf_k_lets_text_lead(make_api) -> None:  # type: ignore[no-untyped-def]
+    """The README's caveat and remedy: memories that both arms like (the question's other rare
+    word, and its meaning) outrank the one memory holding its identifier at rrf_k 60, whatever
+    the text weight; at rrf_k 1 with text_weight 3 the text arm's first comes first."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+
+    def near(axis: int, noise: float) -> list[float]:
+        v = np.zeros(64)
+        v[axis] = 1.0
+        v += rng.normal(0, noise, 64)
+        return [float(x) for x in v / np.linalg.norm(v)]
+
+    answer = "order 48213 for the barbados was cancelled"
+    distractors = [f"order {11000 + i} for the stimulus was shipped" for i in range(5)]
+    others = [f"order {20000 + i} for the kettle was delayed" for i in range(40)]
+    api = make_api("distracted", embedder="hash-64")
+    api.store_batch(
+        [answer, *distractors, *others],
+        # The question's meaning is axis 0: the distractors sit by it, the answer far from it.
+        embeddings=[near(1, 0.1)] + [near(0, 0.1) for _ in distractors] + [near(2, 0.5) for _ in others],
+    )
+    question, vector = "what is the stimulus of order 48213?", near(0, 0.0)
+    assert api.retrieve(question, top_k=1, mode="text")[0].text == answer
+    for text_weight in (1.0, 3.0):
+        fused = api.retrieve(question, top_k=6, mode="hybrid", embedding=vector, text_weight=text_weight)
+        assert fused[0].text in distractors and answer in [m.text for m in fused]
+    led = api.retrieve(question, top_k=6, mode="hybrid", embedding=vector, rrf_k=1, text_weight=3)
+    assert [m.text for m in led] == [answer, *sorted(distractors, key=[m.text for m in led].index)]
+
+
 def test_both_arms_honour_filter_tenant_and_ttl(make_api) -> None:  # type: ignore[no-untyped-def]
     a = make_api("arms", embedder="hash-64", tenant="a")
     b = make_api("arms", embedder="hash-64", tenant="b")
