@@ -367,10 +367,17 @@ def test_from_texts_and_the_retriever(
         search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.999}
     )
     assert [d.page_content for d in exact.invoke("green pear")] == ["green pear"]
-    for mode in ("text", "hybrid"):  # memorix's own rankings, through search_kwargs
-        words = store.as_retriever(search_kwargs={"k": 3, "mode": mode})
-        found = [d.page_content for d in (words.invoke if kind == "sync" else run_with(words))("cherry")]
-        assert found[0] == "red cherry" and (mode == "hybrid" or found == ["red cherry"])
+    for mode in ("text", "hybrid"):  # memorix's own rankings, by search_type or search_kwargs
+        for words in (
+            store.as_retriever(search_type=mode, search_kwargs={"k": 3}),
+            store.as_retriever(search_kwargs={"k": 3, "mode": mode}),
+        ):
+            found = [d.page_content for d in (words.invoke if kind == "sync" else run_with(words))("cherry")]
+            assert found[0] == "red cherry" and (mode == "hybrid" or found == ["red cherry"])
+    typed = store.as_retriever(search_type="text", search_kwargs={"k": 3, "filter": {"c": "green"}})
+    assert (typed.invoke if kind == "sync" else run_with(typed))("cherry") == []  # the filter holds
+    with pytest.raises(ValueError, match="bm25"):
+        store.as_retriever(search_type="bm25")
 
     def scored(**kwargs):  # type: ignore[no-untyped-def]
         if kind == "sync":

@@ -18,13 +18,14 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
-from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores import VectorStore, VectorStoreRetriever
 
 from ..aio import AsyncMemoryAPI
 from ..api import MemoryAPI
@@ -33,7 +34,13 @@ from ..errors import InvalidInput
 from ..memory import Memory
 from ..validation import check_text
 
-__all__ = ["LangChainEmbedder", "MemorixEmbeddings", "MemorixVectorStore", "relevance_from_distance"]
+__all__ = [
+    "LangChainEmbedder",
+    "MemorixEmbeddings",
+    "MemorixRetriever",
+    "MemorixVectorStore",
+    "relevance_from_distance",
+]
 
 PROBE_TEXT = "memorix-pg dimension probe"
 # Keyword arguments of the search methods that go to ``retrieve`` as they are.
@@ -591,6 +598,40 @@ class MemorixVectorStore(VectorStore):
             vector, k, fetch_k, lambda_mult, filter, **kwargs
         )
 
+    def as_retriever(self, **kwargs: Any) -> MemorixRetriever:
+        """LangChain's retriever, whose ``search_type`` also takes ``"text"`` and ``"hybrid"``
+        (memorix's full text and hybrid rankings; ``search_kwargs`` as for ``similarity_search``)."""
+        tags = kwargs.pop("tags", None) or [*self._get_retriever_tags()]
+        return MemorixRetriever(vectorstore=self, tags=tags, **kwargs)
+
     def __repr__(self) -> str:
         name, embedder = self._collection_name, self._embedder.name
         return f"MemorixVectorStore(collection_name={name!r}, embedder={embedder!r})"
+
+
+class MemorixRetriever(VectorStoreRetriever):
+    """``VectorStoreRetriever`` with two more search types, ``"text"`` and ``"hybrid"``: a
+    ``similarity_search`` in that mode. The others (``"similarity"``, ``"mmr"``,
+    ``"similarity_score_threshold"``) are LangChain's own."""
+
+    allowed_search_types: ClassVar[tuple[str, ...]] = (
+        *VectorStoreRetriever.allowed_search_types,
+        "text",
+        "hybrid",
+    )
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        if self.search_type in ("text", "hybrid"):
+            options = self.search_kwargs | kwargs | {"mode": self.search_type}
+            return self.vectorstore.similarity_search(query, **options)
+        return super()._get_relevant_documents(query, run_manager=run_manager, **kwargs)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        if self.search_type in ("text", "hybrid"):
+            options = self.search_kwargs | kwargs | {"mode": self.search_type}
+            return await self.vectorstore.asimilarity_search(query, **options)
+        return await super()._aget_relevant_documents(query, run_manager=run_manager, **kwargs)
