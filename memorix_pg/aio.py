@@ -332,7 +332,7 @@ class AsyncMemoryAPI:
         rrf_k: float = 60.0,
         vector_weight: float = 1.0,
         text_weight: float = 1.0,
-        text_cutoff: float = 0.5,
+        text_cutoff: float = 0.67,
         recency_weight: float = 0.0,
         half_life: timedelta = timedelta(days=1),
         importance_key: str | None = None,
@@ -407,7 +407,7 @@ class AsyncMemoryAPI:
         rrf_k: float = 60.0,
         vector_weight: float = 1.0,
         text_weight: float = 1.0,
-        text_cutoff: float = 0.5,
+        text_cutoff: float = 0.67,
         exact: bool | None = None,
         ef_search: int | None = None,
     ) -> SearchPlan:

@@ -26,7 +26,12 @@ both), and a memory scores ``w_vector / (rrf_k + vector rank) + w_text / (rrf_k 
 scoring at least ``text_cutoff`` times its best score: with OR semantics nearly every memory
 shares a word with the query, and RRF gives that weak tail almost the weight of the head, so
 rows sitting in both arms' tails would outrank the one memory that holds the query's
-identifier. Equal fused scores go to the better text rank, then the better vector rank, then
+identifier. The cut is also the only place where the text score's size enters the fusion: at
+``rrf_k`` 60 the text arm's second weighs nearly as much as its first (1/62 against 1/61), so a
+row it admits gets almost the best row's credit. The default, 0.67, admits rows holding about
+two thirds of the best's weight: "did order 44547 for Makayla Flores arrive?" keeps out another
+of Makayla Flores's orders (0.54 of the best), which the vector arm ranks higher and which at
+0.5 came first (benchmarks/retrieval_quality.py). Equal fused scores go to the better text rank, then the better vector rank, then
 the id: a memory only the text arm ranks first beats one only the vector arm ranks first (the
 text arm's first is a match of the query's rarest words). The vector arm returns at least k
 rows whenever k memories match, so the result is never short when few memories match the text
@@ -324,7 +329,7 @@ class Fusion:
     rrf_k: float = 60.0
     w_vector: float = 1.0
     w_text: float = 1.0
-    text_cutoff: float = 0.5
+    text_cutoff: float = 0.67
 
 
 @dataclass(frozen=True)

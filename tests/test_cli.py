@@ -98,7 +98,7 @@ def test_search_hybrid_weights_rrf_k_and_text_cutoff(run) -> None:  # type: igno
 
     def hybrid(*extra: str) -> list[dict]:  # type: ignore[type-arg]
         query = ("search", "status of order 48213", "--mode", "hybrid", "-k", "6", "--json", "--show-ranks")
-        return _rows(run(*query, *extra, *common))
+        return _rows(run(*query, "--text-cutoff", "0.5", *extra, *common))  # a later --text-cutoff wins
 
     def fused(row: dict, k: float, w_vector: float, w_text: float) -> float:  # type: ignore[type-arg]
         ranks = row["ranks"]

@@ -145,7 +145,7 @@ def oracle(
     rrf_k: float = 60.0,
     w_vector: float = 1.0,
     w_text: float = 1.0,
-    cutoff: float = 0.5,
+    cutoff: float = 0.67,
 ) -> list[tuple[str, int | None, int | None]]:
     """(id, vector rank, text rank) of the fused top k."""
     candidates = max(2 * k, CANDIDATES_MIN)
@@ -206,7 +206,7 @@ def test_the_cut_changes_the_fusion_and_zero_is_plain_rrf(api, database_url) -> 
     best = every[0][1]
     for m in ranked:  # a row below the cut has no text rank (nor text score)
         score = dict(every).get(m.id)
-        confident = score is not None and score >= 0.5 * best
+        confident = score is not None and score >= 0.67 * best
         assert (m.ranks["text_rank"] is not None) == confident
         assert (m.ranks["text_score"] is not None) == confident
 
