@@ -31,13 +31,13 @@ identifier. The cut is also the only place where the text score's size enters th
 row it admits gets almost the best row's credit. The default, 0.67, admits rows holding about
 two thirds of the best's weight: "did order 44547 for Makayla Flores arrive?" keeps out another
 of Makayla Flores's orders (0.54 of the best), which the vector arm ranks higher and which at
-0.5 came first (benchmarks/retrieval_quality.py). Equal fused scores go to the better text rank, then the better vector rank, then
-the id: a memory only the text arm ranks first beats one only the vector arm ranks first (the
-text arm's first is a match of the query's rarest words). The vector arm returns at least k
-rows whenever k memories match, so the result is never short when few memories match the text
-(or pass the cut). The vector arm runs exactly (an ordered scan of the matching rows) when the
-search planner would, else as an HNSW walk with the planner's ``ef_search`` (its floor raised
-as for mode="vector").
+0.5 came first (benchmarks/retrieval_quality.py). Equal fused scores go to the better text
+rank, then the better vector rank, then the id: a memory only the text arm ranks first beats
+one only the vector arm ranks first (the text arm's first is a match of the query's rarest
+words). The vector arm returns at least k rows whenever k memories match, so the result is
+never short when few memories match the text (or pass the cut). The vector arm runs exactly (an
+ordered scan of the matching rows) when the search planner would, else as an HNSW walk with the
+planner's ``ef_search`` (its floor raised as for mode="vector").
 """
 
 from __future__ import annotations
