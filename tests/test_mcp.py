@@ -100,6 +100,7 @@ def test_the_tools_and_their_argument_schemas() -> None:
         assert recall["required"] == ["query"]
         assert recall["properties"]["top_k"]["minimum"] == 1
         assert recall["properties"]["top_k"]["maximum"] == 100
+        assert recall["properties"]["mode"]["enum"] == ["vector", "text", "hybrid"]
         assert recall["additionalProperties"] is False
         assert set(tools["forget"].input_schema["properties"]) == {"id", "filter", "collection"}
         assert tools["recall"].annotations is not None and tools["recall"].annotations.read_only_hint
@@ -121,6 +122,11 @@ def test_remember_recall_stats_list_and_forget(database_url: str) -> None:
         out["recall"] = await call(client, "recall", query="green tea", filter={"type": "pref"}, top_k=3)
         out["recall_all"] = await call(client, "recall", query="where does the user live", top_k=2)
         out["retrieve"] = [(m.id, m.score) for m in api.retrieve("where does the user live", top_k=2)]
+        for mode in ("text", "hybrid"):
+            out[mode] = await call(client, "recall", query="Lisbon tea", top_k=3, mode=mode)
+            out[f"retrieve_{mode}"] = [
+                (m.id, m.score) for m in api.retrieve("Lisbon tea", top_k=3, mode=mode)
+            ]
         out["newest"] = await call(client, "recall", query="", top_k=1)
         out["stats"] = await call(client, "stats", group_by="type")
         out["total"] = await call(client, "stats")
@@ -140,6 +146,9 @@ def test_remember_recall_stats_list_and_forget(database_url: str) -> None:
     assert before <= datetime.fromisoformat(tea["created_at"]) <= datetime.now(UTC)
     # recall is retrieve: the same memories, order and scores as the API gives.
     assert [(m["id"], m["score"]) for m in out["recall_all"]] == out["retrieve"]
+    for mode in ("text", "hybrid"):  # and mode is retrieve's mode
+        assert [(m["id"], m["score"]) for m in out[mode]] == out[f"retrieve_{mode}"]
+    assert {m["text"] for m in out["text"]} == {"User drinks green tea", "User lives in Lisbon"}
     assert [(m["text"], m["score"]) for m in out["newest"]] == [("Meeting on Friday", None)]
 
     assert out["stats"] == {
@@ -237,6 +246,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str, str | None]] = [
     ("recall", {"query": "x", "filter": {"$or": []}}, "filter", None),
     ("recall", {"query": "x", "filter": {"k": {"$regex": "("}}}, "filter", "regular expression"),
     ("recall", {"query": "x", "filter": "type=pref"}, "filter", None),
+    ("recall", {"query": "x", "mode": "bm25"}, "mode", "'vector', 'text' or 'hybrid'"),
     ("forget", {}, "id", "exactly one of id and filter"),
     ("forget", {"id": UNKNOWN_ID, "filter": {"a": 1}}, "id", "exactly one of id and filter"),
     ("forget", {"id": UNKNOWN_ID}, "id", f"no memory with id {UNKNOWN_ID}"),

@@ -39,6 +39,7 @@ from ..errors import (
     MemorixError,
     MemoryNotFound,
 )
+from ..hybrid import MODES
 from ..memory import Memory
 from ..validation import check_id, check_text, clean_metadata
 
@@ -238,12 +239,15 @@ class MemoryTools:
         filter: Mapping[str, Any] | None = None,
         top_k: int = 5,
         collection: str | None = None,
+        mode: str = "vector",
     ) -> list[dict[str, Any]]:
         if not 1 <= top_k <= MAX_TOP_K:
             raise BadArgument("top_k", f"must be an int from 1 to {MAX_TOP_K}, got {top_k!r}")
+        if mode not in MODES:
+            raise BadArgument("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
         api = await self.api(collection, create=False)
         with blame("filter", (FilterError,)), blame("query", (InvalidInput,)):
-            found = await api.retrieve(query, top_k=top_k, filter=filter)
+            found = await api.retrieve(query, top_k=top_k, filter=filter, mode=mode)
         return [memory_record(m) for m in found]
 
     async def forget(
@@ -400,11 +404,19 @@ def server_for(tools: MemoryTools) -> "FastMCP[Any]":
             int, Field(description="How many memories at most.", ge=1, le=MAX_TOP_K, strict=True)
         ] = 5,
         collection: Collection = None,
+        mode: Annotated[
+            Literal["vector", "text", "hybrid"],
+            Field(
+                description="vector: by meaning; text: by the query's words (ids, names, codes); "
+                "hybrid: both, fused by reciprocal rank."
+            ),
+        ] = "vector",
     ) -> list[dict[str, Any]]:
-        """The memories most similar to the query (best first), with id, text, metadata, score
-        (similarity, higher is closer) and created_at."""
+        """The memories that best match the query (best first), with id, text, metadata, score
+        (higher is better: similarity, the text's share of the query's words, or the fused score,
+        by mode) and created_at."""
         try:
-            return await tools.recall(query, filter, top_k, collection)
+            return await tools.recall(query, filter, top_k, collection, mode)
         except MemorixError as exc:
             raise tool_error(exc) from None
 
