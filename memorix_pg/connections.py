@@ -29,15 +29,15 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.types import TypeInfo
 
 from .errors import ConfigurationError, DatabaseUnavailable
 from .query_vector import register_query_vector
+from .steps import set_session
 
 __all__ = [
     "AsyncSource",
@@ -66,9 +66,9 @@ PLANNER_COSTS = (("cpu_index_tuple_cost", "0.05"), ("random_page_cost", "1.1"))
 WALK_DEFAULTS = (("hnsw.ef_search", "100"), ("hnsw.iterative_scan", "off"), ("hnsw.max_scan_tuples", "20000"))
 SESSION_SETTINGS = frozenset(PLANNER_COSTS + WALK_DEFAULTS)
 SESSION_NAMES = frozenset(name for name, _ in SESSION_SETTINGS)  # the settings a session may hold
+# set_session composes each SET as bytes (steps.py): one string of all five, sent once per connection.
 _SESSION_SQL = b"; ".join(
-    sql.SQL("SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value)).as_bytes(None)
-    for name, value in sorted(SESSION_SETTINGS)
+    cast(bytes, set_session(name, value).text) for name, value in sorted(SESSION_SETTINGS)
 )
 _CITUS_SQL = b"SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')"
 

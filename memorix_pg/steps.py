@@ -123,18 +123,23 @@ class Call(Generic[T]):
 
 
 @functools.lru_cache(maxsize=1024)
-def set_local(name: str, value: str) -> Query:
-    """``SET LOCAL name = 'value'``: a literal composed by psycopg (SET takes no parameters),
+def _set(scope: str, name: str, value: str) -> Query:
+    """``SET [LOCAL] name = 'value'``: a literal composed by psycopg (SET takes no parameters),
     once per setting and value."""
-    statement = sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
+    statement = sql.SQL("{} {} = {}").format(
+        sql.SQL(scope), sql.Identifier(*name.split(".")), sql.Literal(value)
+    )
     return Query(statement.as_bytes(None))
 
 
-@functools.lru_cache(maxsize=1024)
+def set_local(name: str, value: str) -> Query:
+    """``SET LOCAL name = 'value'``, for the current transaction."""
+    return _set("SET LOCAL", name, value)
+
+
 def set_session(name: str, value: str) -> Query:
-    """``SET name = 'value'`` for the session, composed as :func:`set_local` is."""
-    statement = sql.SQL("SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
-    return Query(statement.as_bytes(None))
+    """``SET name = 'value'``, for the session."""
+    return _set("SET", name, value)
 
 
 def execute(
